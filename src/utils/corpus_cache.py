@@ -1,0 +1,69 @@
+"""The corpus pickle ReChorus keeps next to the data, made safe against staleness.
+
+The cache key holds the reader class, every argument the reader's parser defines, and the size and
+mtime of every input file, so editing a CSV or changing ``--history_max``-like reader arguments
+rebuilds the corpus instead of silently reusing an old one.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pickle
+import tempfile
+
+from utils.runtime import REPO_DIR
+
+
+def reader_arg_names(reader_cls) -> list[str]:
+    """Names of the arguments a reader's ``parse_data_args`` chain defines."""
+    parser = argparse.ArgumentParser(add_help=False)
+    reader_cls.parse_data_args(parser)
+    return sorted(a.dest for a in parser._actions)
+
+
+def cache_key(reader_cls, args: argparse.Namespace) -> dict:
+    """Everything that shapes a corpus: reader, its arguments, and the input files' size and mtime."""
+    data_dir = os.path.join(args.path, args.dataset)
+    files = {}
+    for name in sorted(os.listdir(data_dir)):
+        full = os.path.join(data_dir, name)
+        if os.path.isfile(full) and not name.endswith('.pkl') and not name.startswith('.'):
+            stat = os.stat(full)
+            files[name] = (stat.st_size, stat.st_mtime_ns)
+    arg_values = {k: getattr(args, k, None) for k in reader_arg_names(reader_cls) if k not in ('path', 'regenerate')}
+    return {'reader': reader_cls.__name__, 'data_dir': os.path.realpath(data_dir), 'args': arg_values,
+            'files': files, 'version': 1}
+
+
+def cache_path(reader_cls, args: argparse.Namespace) -> str:
+    """Next to the data for datasets inside this repository (ReChorus' place); datasets elsewhere,
+    such as a shared read-only copy, are never written to: their cache goes under ``<repo>/cache``."""
+    data_dir = os.path.realpath(os.path.join(args.path, args.dataset))
+    if data_dir.startswith(str(REPO_DIR) + os.sep) and os.access(data_dir, os.W_OK):
+        return os.path.join(data_dir, reader_cls.__name__ + '.pkl')
+    return os.path.join(REPO_DIR, 'cache', args.dataset, reader_cls.__name__ + '.pkl')
+
+
+def load_corpus(reader_cls, args: argparse.Namespace):
+    """Return the cached corpus when its key matches, otherwise build and cache a fresh one."""
+    path = cache_path(reader_cls, args)
+    key = cache_key(reader_cls, args)
+    if not args.regenerate and os.path.exists(path):
+        try:
+            with open(path, 'rb') as f:
+                stored_key, corpus = pickle.load(f)
+            if stored_key == key:
+                logging.info(f'Load corpus from {path}')
+                return corpus
+            logging.info(f'Corpus cache {path} is stale (inputs or reader arguments changed): rebuilding')
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError) as e:
+            logging.warning(f'Corpus cache {path} is unreadable ({e}): rebuilding')
+    corpus = reader_cls(args)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
+    with os.fdopen(fd, 'wb') as f:
+        pickle.dump((key, corpus), f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    logging.info(f'Save corpus to {path}')
+    return corpus
