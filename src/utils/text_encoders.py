@@ -193,7 +193,7 @@ def _texts_sha256(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _cache_paths(cache_dir: str, identity: str, texts_sha: str) -> tuple[Path, Path]:
+def _cache_paths(cache_dir: str | os.PathLike, identity: str, texts_sha: str) -> tuple[Path, Path]:
     key = hashlib.sha256(f'{CACHE_FORMAT}\0{identity}\0{texts_sha}'.encode()).hexdigest()[:24]
     readable = re.sub(r'[0-9a-f]{16,}', lambda m: m.group()[:8], identity.split('#')[0])  # shorten digests
     slug = re.sub(r'[^A-Za-z0-9_-]+', '-', readable)[:48].strip('-')
@@ -245,8 +245,9 @@ def _atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
-def item_text_features(texts: list[str], encoder: str | TextEncoder = 'minilm', cache_dir: str | None = None,
-                       device: str = 'cpu', batch_size: int | None = None) -> np.ndarray:
+def item_text_features(texts: list[str], encoder: str | TextEncoder = 'minilm',
+                       cache_dir: str | os.PathLike | None = None, device: str = 'cpu',
+                       batch_size: int | None = None) -> np.ndarray:
     """Frozen language features of all items: ``texts[i]`` is the text of item id i (``texts[0]``, the
     padding item, is ignored). Returns a float32 ``len(texts) × d`` matrix whose row 0 is zeros.
 
@@ -289,10 +290,10 @@ def item_text_features(texts: list[str], encoder: str | TextEncoder = 'minilm', 
 
 # --------------------------------------------------------------------------- the authors' feature files
 
-_TEXT_BYTES = frozenset(b'0123456789.-+eE, \t\r\nnaifNAIF')
+_TEXT_BYTES = frozenset(range(0x20, 0x7f)) | frozenset(b'\t\n\r')  # raw float data is never all printable
 
 
-def load_feature_file(path: str, n_items: int, dtype: np.dtype | type | None = None,
+def load_feature_file(path: str | os.PathLike, n_items: int, dtype: np.dtype | type | None = None,
                       dim: int | None = None) -> np.ndarray:
     """Load the authors' ``<Dataset>.feat.<name>`` matrix as ``n_items × d`` with row 0 = padding (zeros).
 
