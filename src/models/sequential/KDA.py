@@ -1,0 +1,67 @@
+"""KDA: RCF whose relation-wise attention decays with the time since each history item, per relation.
+
+Reference: Chenyang Wang et al., "Toward Dynamic User Intention: Temporal Evolutionary Effects of
+Item Relations in Sequential Recommendation", TOIS 2021. The decay of relation r at gap Δt is the
+inverse DFT of learnable frequency coefficients (optionally initialised from the interval spectra
+of ``KDAReader``, ``--freq_rand 0``), clamped to [0, 1].
+Paper protocol: --emb_size 64 --include_attr 1 --include_val 1 --freq_rand 1 --lr 1e-3 --l2 1e-6
+--num_heads 4 --num_layers 5 --gamma -1 --history_max 20.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from helpers.KDAReader import KDAReader
+from models.BaseModel import batched
+from models.sequential.RCF import RCF
+
+
+class KDA(RCF):
+    reader = 'KDAReader'
+    extra_log_args = RCF.extra_log_args + ['freq_rand']
+
+    def __init__(self, args: argparse.Namespace, corpus):
+        self.freq_x = corpus.freq_x
+        self.freq_dim = corpus.n_dft // 2 + 1
+        self.freq_rand = args.freq_rand
+        super().__init__(args, corpus)
+
+    def _define_params(self) -> None:
+        super()._define_params()
+        self.freq_real = nn.Embedding(self.relation_num, self.freq_dim)
+        self.freq_imag = nn.Embedding(self.relation_num, self.freq_dim)
+        freq = np.linspace(0, 1, self.freq_dim) / 2.
+        self.register_buffer('freqs', torch.from_numpy(np.concatenate((freq, -freq))).float(), persistent=False)
+
+    def actions_before_train(self) -> None:
+        """``--freq_rand 0``: start the predefined relations from their interval spectra."""
+        if not self.freq_rand and self.freq_x is not None:
+            n = self.freq_x.shape[0]
+            with torch.no_grad():
+                self.freq_real.weight[:n].copy_(torch.from_numpy(np.real(self.freq_x)).float())
+                self.freq_imag.weight[:n].copy_(torch.from_numpy(np.imag(self.freq_x)).float())
+
+    def idft_decay(self, delta_t: torch.Tensor) -> torch.Tensor:
+        """Real inverse DFT of each relation's coefficients at the (log-scaled) gaps: B × H × R."""
+        x_real = torch.cat([self.freq_real.weight, self.freq_real.weight], dim=-1)  # conjugate symmetric
+        x_imag = torch.cat([self.freq_imag.weight, -self.freq_imag.weight], dim=-1)
+        w = 2. * np.pi * self.freqs * delta_t.unsqueeze(-1)  # B × H × 2F
+        return (w.cos() @ x_real.T - w.sin() @ x_imag.T) / (2. * x_real.shape[-1])
+
+    def history_weights(self, feed_dict: dict) -> torch.Tensor:
+        attention = self.relational_attention(feed_dict)  # B × C × H × R
+        valid = (feed_dict['history_items'] > 0)[:, :, None]
+        decay = self.idft_decay(feed_dict['history_delta_t']).clamp(0, 1).masked_fill(~valid, 0.)
+        return attention * decay[:, None]
+
+    class Dataset(RCF.Dataset):
+        @batched
+        def _get_feed_dict(self, index):
+            feed_dict = RCF.Dataset._get_feed_dict(self, index)
+            gaps = np.expand_dims(self.data['time'][index], -1) - feed_dict['history_times']
+            feed_dict['history_delta_t'] = KDAReader.norm_time(gaps, self.corpus.t_scalar).astype(np.float32)
+            return feed_dict
