@@ -36,13 +36,19 @@ def cache_key(reader_cls, args: argparse.Namespace) -> dict:
             'files': files, 'version': 1}
 
 
+def cache_dir(data_dir: str, dataset: str) -> str:
+    """Where derived files (corpus pickle, text embeddings) go: next to the data for datasets inside
+    this repository (ReChorus' place); datasets elsewhere, such as a shared read-only copy, are never
+    written to, their derived files go under ``<repo>/cache/<dataset>``."""
+    real = os.path.realpath(data_dir)
+    if real.startswith(str(REPO_DIR) + os.sep) and os.access(real, os.W_OK):
+        return real
+    return os.path.join(REPO_DIR, 'cache', dataset)
+
+
 def cache_path(reader_cls, args: argparse.Namespace) -> str:
-    """Next to the data for datasets inside this repository (ReChorus' place); datasets elsewhere,
-    such as a shared read-only copy, are never written to: their cache goes under ``<repo>/cache``."""
-    data_dir = os.path.realpath(os.path.join(args.path, args.dataset))
-    if data_dir.startswith(str(REPO_DIR) + os.sep) and os.access(data_dir, os.W_OK):
-        return os.path.join(data_dir, reader_cls.__name__ + '.pkl')
-    return os.path.join(REPO_DIR, 'cache', args.dataset, reader_cls.__name__ + '.pkl')
+    return os.path.join(cache_dir(os.path.join(args.path, args.dataset), args.dataset),
+                        reader_cls.__name__ + '.pkl')
 
 
 def load_corpus(reader_cls, args: argparse.Namespace):

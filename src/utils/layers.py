@@ -30,8 +30,10 @@ class MultiHeadAttention(nn.Module):
         k = self.head_split(self.k_linear(k))
         v = self.head_split(self.v_linear(v))
         attn_mask = None if mask is None else mask.bool()
+        if attn_mask is None or attn_mask.dim() <= 2:  # 4-D inputs reach the fused CPU kernel, 5-D do not
+            q, k, v = (x.reshape(-1, *x.shape[-3:]) for x in (q, k, v))
         output = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return output.transpose(-2, -3).reshape(origin_shape)
+        return output.reshape(*origin_shape[:-2], self.h, origin_shape[-2], self.d_k).transpose(-2, -3).reshape(origin_shape)
 
 
 class TransformerLayer(nn.Module):

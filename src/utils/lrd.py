@@ -1,0 +1,149 @@
+"""Latent Relation Discovery (LRD; Yang et al., SIGIR 2024, §3.2 and Eq. 14), backbone-agnostic.
+
+A relation extractor reads the frozen language features of a (history item, target) pair and
+predicts a distribution q over all relations (Eq. 3–4); DistMult on the backbone's ID embeddings
+must then reconstruct the pair under the predicted relations against a sampled negative (Eq. 6–7).
+The backbone gets K extra relation types whose embeddings this task shapes.
+
+Any relation-aware model can use it if it exposes ``entity_embeddings``, ``relation_embeddings``
+and ``relation_num`` and lets a subclass add relation types (see ``RCF.extra_relation_num``):
+
+    class MyModel_LRD(MyModel):
+        reader = 'LRDReader'
+        ...  # see models/sequential/KDA_LRD.py: ten lines
+
+Loss forms (``--lrd_loss``):
+- ``paper`` (default): Eq. 14 as written, averaged over valid (history, target) pairs:
+  −Σ_r q_r [log σ(φ_r(i, j)) + log σ(−φ_r(i⁻, j))].
+- ``code``: the authors' implementation: φ_r uses q_r·r plus the linear terms ⟨v_i, q_r·r⟩ + ⟨v_j, q_r·r⟩,
+  one BPR pair σ(φ_r(i, j) − φ_r(i⁻, j)) per relation, averaged over valid positions inside the log,
+  then −log averaged over relations and batch.
+Entropy (``--entropy_sign``): ``paper`` subtracts α·H[q] from the minimised loss (keeps q spread, as
+the paper intends); ``code`` adds it (sharpens q, as the authors' code does). Padded history positions
+never contribute (the authors' code averages the entropy over padding too; we treat that as a defect).
+``--leave_one_latent 1`` drops relation 0 (the virtual sequence relation) from reconstruction, as the code.
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models.BaseModel import batched
+from utils.sampling import sample_excluding
+
+LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign']
+
+
+class LatentRelationDiscovery(nn.Module):
+    @staticmethod
+    def parse_lrd_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        parser.add_argument('--latent_relation_num', type=int, default=8,
+                            help='K, the number of latent relation types (paper grid 5..10).')
+        parser.add_argument('--lamda', type=float, default=1.0,
+                            help='Weight λ of the LRD loss in the joint objective (Eq. 16).')
+        parser.add_argument('--alpha', type=float, default=0.1,
+                            help='Weight α of the entropy term of q.')
+        parser.add_argument('--lrd_loss', type=str, default='paper', choices=['paper', 'code'],
+                            help="Reconstruction loss form: the paper's Eq. 14 or the authors' code.")
+        parser.add_argument('--entropy_sign', type=str, default='paper', choices=['paper', 'code'],
+                            help="paper: maximise H[q] (spread q); code: minimise it (sharpen q).")
+        parser.add_argument('--leave_one_latent', type=int, default=1,
+                            help='Drop relation 0 (virtual sequence relation) from reconstruction.')
+        parser.add_argument('--lrd_feature', type=str, default='llm', choices=['llm', 'id'],
+                            help='Input of the relation extractor: LLM features, or item ID embeddings '
+                                 '("w/o LLM" ablation).')
+        return parser
+
+    def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
+        super().__init__()
+        self.backbone = [backbone]  # a plain list: not a sub-module, so parameters are not registered twice
+        self.lamda, self.alpha = args.lamda, args.alpha
+        self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
+        self.first_relation = 1 if args.leave_one_latent else 0
+        self.use_llm = args.lrd_feature == 'llm'
+        d = backbone.emb_size
+        if self.use_llm:
+            self.register_buffer('features', torch.from_numpy(np.asarray(corpus.item_features, dtype=np.float32)),
+                                 persistent=False)
+            self.projection = nn.Linear(self.features.shape[1], d)  # Eq. 3
+        self.extractor = nn.Linear(2 * d, backbone.relation_num)  # Eq. 4
+        for module in self.children():
+            backbone.init_weights(module)
+
+    def item_representation(self, items: torch.Tensor) -> torch.Tensor:
+        """e_i: projected language features (Eq. 3), or the ID embedding for the w/o-LLM ablation."""
+        if self.use_llm:
+            return self.projection(self.features[items])
+        return self.backbone[0].entity_embeddings(items)
+
+    def relation_distribution(self, items_i: torch.Tensor, items_j: torch.Tensor) -> torch.Tensor:
+        """q(r | i, j) over all relations (Eq. 4); broadcasts over leading dims: ... × R."""
+        e_i, e_j = self.item_representation(items_i), self.item_representation(items_j)
+        e_i, e_j = torch.broadcast_tensors(e_i, e_j)
+        return self.extractor(torch.cat([e_i, e_j], dim=-1)).softmax(dim=-1)
+
+    def forward(self, feed_dict: dict) -> torch.Tensor:
+        """L_lrd for a training batch: all (history item, target) pairs, one negative per history slot."""
+        backbone = self.backbone[0]
+        history = feed_dict['history_items']  # B × H
+        negatives = feed_dict['lrd_neg_items'][:, :history.shape[1]]  # B × H
+        target = feed_dict['item_id'][:, :1]  # B × 1
+        valid = (history > 0).float()
+        q = self.relation_distribution(history, target)  # B × H × R
+        q_rec = q[..., self.first_relation:]
+        r = backbone.relation_embeddings.weight[self.first_relation:]  # R' × d
+        v_i, v_n = backbone.entity_embeddings(history), backbone.entity_embeddings(negatives)
+        v_j = backbone.entity_embeddings(target)  # B × 1 × d
+        if self.loss_form == 'paper':
+            pos = (v_i * v_j) @ r.T  # φ_r(i, j): B × H × R'
+            neg = (v_n * v_j) @ r.T
+            nll = -(q_rec * (F.logsigmoid(pos) + F.logsigmoid(-neg))).sum(-1)  # B × H
+            recon = (nll * valid).sum() / valid.sum().clamp(min=1)
+        else:
+            pos = q_rec * ((v_i * v_j + v_i + v_j) @ r.T)
+            neg = q_rec * ((v_n * v_j + v_n + v_j) @ r.T)
+            likelihood = (torch.sigmoid(pos - neg) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
+            recon = -torch.log(likelihood.clamp(min=1e-12)).mean()
+        entropy = -(q * torch.log(q.clamp(min=1e-12))).sum(-1)
+        entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
+        sign = -1.0 if self.entropy_sign == 'paper' else 1.0
+        return recon + sign * self.alpha * entropy
+
+
+class LRDDataset:
+    """Dataset mixin: one negative item per history position for the reconstruction task, drawn per
+    epoch from items the user never clicked, with its own RNG so the backbone's sampling is unchanged."""
+
+    def _prepare(self) -> None:
+        super()._prepare()
+        self.lrd_train = self.phase == 'train' and self.model.lrd is not None
+        self.lrd_rng = np.random.default_rng(self.model.random_seed + 7)
+
+    def actions_before_epoch(self) -> None:
+        super().actions_before_epoch()
+        if self.lrd_train:
+            width = max(self.model.history_max, 1) if self.model.history_max > 0 else int(self.data['position'].max())
+            self.lrd_neg_items = sample_excluding(self.data['user_id'], width, 1, self.corpus.n_items,
+                                                  self.corpus.train_clicked_keys, self.corpus.n_items,
+                                                  self.lrd_rng).astype(np.int32)
+
+    @batched
+    def _get_feed_dict(self, index):
+        feed_dict = super()._get_feed_dict(index)
+        if self.lrd_train:
+            feed_dict['lrd_neg_items'] = self.lrd_neg_items[index].astype(np.int64)
+        return feed_dict
+
+
+def add_lrd(backbone: nn.Module, args: argparse.Namespace, corpus) -> None:
+    """Attach the LRD module to a constructed backbone (``backbone.lrd`` is None with --include_lrd 0)."""
+    backbone.lrd = LatentRelationDiscovery(args, corpus, backbone) if args.include_lrd else None
+
+
+def lrd_relation_num(args: argparse.Namespace) -> int:
+    """How many latent relation types a backbone must add."""
+    return args.latent_relation_num if args.include_lrd else 0
