@@ -18,6 +18,7 @@ import pandas as pd
 
 from helpers.SeqReader import SeqReader
 from utils import io
+from utils.sampling import sorted_unique
 
 
 class KGReader(SeqReader):
@@ -98,7 +99,7 @@ class KGReader(SeqReader):
             'tail': np.concatenate(tails) if tails else np.zeros(0, dtype=np.int64)})
         self.relations = self.item_relations + self.attr_relations
         self._index_attribute_groups()
-        self.triplet_keys = np.unique(self.triplet_key(self.relation_df['head'].to_numpy(),
+        self.triplet_keys = sorted_unique(self.triplet_key(self.relation_df['head'].to_numpy(),
                                                        self.relation_df['relation'].to_numpy(),
                                                        self.relation_df['tail'].to_numpy()))
         logging.info(f'Item-item relations: {self.item_relations}; attribute relations: {self.attr_relations}')
