@@ -8,9 +8,8 @@ The backbone gets K extra relation types whose embeddings this task shapes.
 Any relation-aware model can use it if it exposes ``entity_embeddings``, ``relation_embeddings``
 and ``relation_num`` and lets a subclass add relation types (see ``RCF.extra_relation_num``):
 
-    class MyModel_LRD(MyModel):
-        reader = 'LRDReader'
-        ...  # see models/sequential/KDA_LRD.py: ten lines
+    class MyModel_LRD(LRDModel, MyModel):
+        ...  # see models/sequential/KDA_LRD.py
 
 Loss forms (``--lrd_loss``):
 - ``paper`` (default): Eq. 14 as written, averaged over valid (history, target) pairs:
@@ -139,11 +138,27 @@ class LRDDataset:
         return feed_dict
 
 
-def add_lrd(backbone: nn.Module, args: argparse.Namespace, corpus) -> None:
-    """Attach the LRD module to a constructed backbone (``backbone.lrd`` is None with --include_lrd 0)."""
-    backbone.lrd = LatentRelationDiscovery(args, corpus, backbone) if args.include_lrd else None
+class LRDModel:
+    """Model mixin that composes a relation-aware backbone with LRD: ``class KDA_LRD(LRDModel, KDA)``.
 
+    Adds K latent relation types to the backbone, attaches the module as ``self.lrd`` (None with
+    ``--include_lrd 0``, which leaves exactly the backbone) and adds λ·L_lrd to the training loss.
+    """
+    reader = 'LRDReader'
 
-def lrd_relation_num(args: argparse.Namespace) -> int:
-    """How many latent relation types a backbone must add."""
-    return args.latent_relation_num if args.include_lrd else 0
+    def __init__(self, args: argparse.Namespace, corpus):
+        super().__init__(args, corpus)
+        self.lrd = LatentRelationDiscovery(args, corpus, self) if args.include_lrd else None
+
+    def extra_relation_num(self, args: argparse.Namespace) -> int:
+        return args.latent_relation_num if args.include_lrd else 0
+
+    def forward(self, feed_dict: dict) -> dict:
+        out_dict = super().forward(feed_dict)
+        if self.lrd is not None and feed_dict['phase'] == 'train':
+            out_dict['lrd_loss'] = self.lrd(feed_dict)
+        return out_dict
+
+    def loss(self, out_dict: dict) -> torch.Tensor:
+        loss = super().loss(out_dict)
+        return loss + self.lrd.lamda * out_dict['lrd_loss'] if 'lrd_loss' in out_dict else loss
