@@ -43,6 +43,11 @@ class KGReader(SeqReader):
             row = int(np.flatnonzero(unknown)[0])
             raise io.DataFormatError(f'{path} line {row + 2}: item_id {items[row]} does not occur in the '
                                      f'interactions (known ids 1..{self.n_items - 1})')
+        duplicated = pd.Series(items).duplicated().to_numpy()
+        if duplicated.any():
+            row = int(np.flatnonzero(duplicated)[0])
+            raise io.DataFormatError(f'{path} line {row + 2}: item_id {items[row]} appears a second time '
+                                     f'(one row per item)')
         self.item_meta_df = pd.DataFrame({'item_id': items})
         self.item_relations = [c for c in raw.columns if c.startswith('r_')]
         self.attr_relations = [c for c in raw.columns if c.startswith('i_')] if self.include_attr else []

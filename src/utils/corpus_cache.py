@@ -22,16 +22,25 @@ def reader_arg_names(reader_cls) -> list[str]:
     return sorted(a.dest for a in parser._actions)
 
 
+# reader arguments that change how a corpus is computed, not what it contains
+NOT_SHAPING = {'path', 'regenerate', 'plm_device', 'plm_batch_size'}
+
+
+def input_files(data_dir: str, dataset: str) -> list[str]:
+    """The files a reader may read: derived files (caches, embeddings) written next to them are not inputs."""
+    fixed = {'train.csv', 'dev.csv', 'test.csv', 'item_meta.csv', f'{dataset}.text', f'{dataset}.item2index'}
+    return sorted(n for n in os.listdir(data_dir)
+                  if n in fixed or n.startswith(f'{dataset}.feat.'))
+
+
 def cache_key(reader_cls, args: argparse.Namespace) -> dict:
     """Everything that shapes a corpus: reader, its arguments, and the input files' size and mtime."""
     data_dir = os.path.join(args.path, args.dataset)
     files = {}
-    for name in sorted(os.listdir(data_dir)):
-        full = os.path.join(data_dir, name)
-        if os.path.isfile(full) and not name.endswith('.pkl') and not name.startswith('.'):
-            stat = os.stat(full)
-            files[name] = (stat.st_size, stat.st_mtime_ns)
-    arg_values = {k: getattr(args, k, None) for k in reader_arg_names(reader_cls) if k not in ('path', 'regenerate')}
+    for name in input_files(data_dir, args.dataset):
+        stat = os.stat(os.path.join(data_dir, name))
+        files[name] = (stat.st_size, stat.st_mtime_ns)
+    arg_values = {k: getattr(args, k, None) for k in reader_arg_names(reader_cls) if k not in NOT_SHAPING}
     return {'reader': reader_cls.__name__, 'data_dir': os.path.realpath(data_dir), 'args': arg_values,
             'files': files, 'version': 1}
 
@@ -58,12 +67,13 @@ def load_corpus(reader_cls, args: argparse.Namespace):
     if not args.regenerate and os.path.exists(path):
         try:
             with open(path, 'rb') as f:
-                stored_key, corpus = pickle.load(f)
-            if stored_key == key:
+                stored = pickle.load(f)
+            if isinstance(stored, tuple) and len(stored) == 2 and stored[0] == key:
+                corpus = stored[1]
                 logging.info(f'Load corpus from {path}')
                 return corpus
             logging.info(f'Corpus cache {path} is stale (inputs or reader arguments changed): rebuilding')
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError) as e:
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError, TypeError) as e:
             logging.warning(f'Corpus cache {path} is unreadable ({e}): rebuilding')
     corpus = reader_cls(args)
     os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -1,0 +1,355 @@
+"""Latent Relation Discovery (utils/lrd.py) on RCF and KDA: q, both loss forms checked by hand, padding,
+the ablation flags, bit-identity with the plain backbone under --include_lrd 0, and one-epoch runs."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'src'))
+
+import main  # noqa: E402
+from helpers import LRDReader as lrd_reader_module  # noqa: E402
+from helpers.BaseRunner import BaseRunner  # noqa: E402
+from helpers.KDAReader import KDAReader  # noqa: E402
+from helpers.KGReader import KGReader  # noqa: E402
+from helpers.LRDReader import LRDReader  # noqa: E402
+from models.sequential.KDA import KDA  # noqa: E402
+from models.sequential.KDA_LRD import KDA_LRD  # noqa: E402
+from models.sequential.RCF import RCF  # noqa: E402
+from models.sequential.RCF_LRD import RCF_LRD  # noqa: E402
+from tiny_data import make_tiny_dataset  # noqa: E402
+from utils import corpus_cache, text_encoders  # noqa: E402
+from utils.runtime import init_seed  # noqa: E402
+
+FEAT_DIM = 6
+N_ITEMS = 30
+MODELS = {'RCF': RCF, 'KDA': KDA, 'RCF_LRD': RCF_LRD, 'KDA_LRD': KDA_LRD}
+READERS = {'RCF': KGReader, 'KDA': KDAReader, 'RCF_LRD': LRDReader, 'KDA_LRD': LRDReader}
+
+
+@pytest.fixture(scope='module')
+def tiny_root(tmp_path_factory) -> Path:
+    """Tiny data plus ``Tiny.feat.test``: a deterministic text-format feature file (one row per item 1..n)."""
+    root = tmp_path_factory.mktemp('data')
+    folder = make_tiny_dataset(root, n_users=12, n_items=N_ITEMS, n_neg=8)
+    items = np.arange(1, N_ITEMS + 1)[:, None]
+    features = np.concatenate([np.sin(items * np.arange(1, FEAT_DIM)), items % 3], axis=1)
+    np.savetxt(folder / 'Tiny.feat.test', features, fmt='%.6f')
+    return root
+
+
+@pytest.fixture(autouse=True)
+def cache_in_tmp(monkeypatch, tmp_path):
+    monkeypatch.setattr(corpus_cache, 'REPO_DIR', tmp_path)
+
+
+def parse(model: str, root: Path, *extra: str) -> argparse.Namespace:
+    lrd_args = ['--plm_name', 'feat:test', '--latent_relation_num', '3'] if model.endswith('_LRD') else []
+    argv = ['--model_name', model, '--path', str(root), '--dataset', 'Tiny', '--gpu', '', *lrd_args,
+            '--emb_size', '8', '--history_max', '6', '--include_attr', '1', '--num_heads', '2', *extra]
+    parser, *_ = main.build_parser(argv)
+    return parser.parse_args(argv)
+
+
+def build(model: str, root: Path, *extra: str, phase: str = 'train', seed: int = 0):
+    args = parse(model, root, *extra)
+    corpus = READERS[model](args)
+    torch.manual_seed(seed)
+    net = MODELS[model](args, corpus)
+    data = MODELS[model].Dataset(net, corpus, phase)
+    data.prepare()
+    data.actions_before_epoch()
+    return net, data
+
+
+def padded_train_batch(data, n: int = 40) -> dict:
+    batch = data[np.arange(min(n, len(data)))]
+    assert (batch['history_items'] == 0).any()  # padding present
+    return batch
+
+
+# --------------------------------------------------------------------------- structure and q
+
+@pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
+def test_latent_relations_extend_the_backbone_and_q_sums_to_one(model, tiny_root):
+    net, data = build(model, tiny_root)
+    corpus = data.corpus
+    assert corpus.item_features.shape == (N_ITEMS + 1, FEAT_DIM) and not corpus.item_features[0].any()
+    assert net.relation_num == corpus.n_relations + 3 == 8
+    assert net.relation_embeddings.weight.shape == (8, 8)
+    assert net.lrd.projection.in_features == FEAT_DIM and net.lrd.extractor.out_features == 8
+    batch = padded_train_batch(data)
+    assert batch['item_val'].shape[-1] == 8 and not batch['item_val'][..., 5:].any()  # latent: value 0
+    q = net.lrd.relation_distribution(batch['history_items'], batch['item_id'][:, :1])
+    assert q.shape == (*batch['history_items'].shape, 8)
+    assert (q >= 0).all()
+    torch.testing.assert_close(q.sum(-1), torch.ones(batch['history_items'].shape))
+    with torch.no_grad():
+        attention = net.relational_attention(batch)
+    assert attention.shape[-1] == 8  # latent relations take part in the relation-wise attention
+
+
+def test_lrd_negatives_are_per_history_slot_and_never_training_clicks(tiny_root):
+    net, data = build('KDA_LRD', tiny_root)
+    assert data.lrd_neg_items.shape == (len(data), 6)
+    train = pd.read_csv(tiny_root / 'Tiny' / 'train.csv', sep='\t').groupby('user_id')['item_id'].apply(set)
+    for u, negs in zip(data.data['user_id'], data.lrd_neg_items):
+        assert not set(negs.tolist()) & train[u]
+    batch = data[np.arange(5)]
+    np.testing.assert_array_equal(batch['lrd_neg_items'].numpy(), data.lrd_neg_items[:5])
+    _, dev = build('KDA_LRD', tiny_root, phase='dev')
+    assert 'lrd_neg_items' not in dev[np.arange(3)]
+
+
+# --------------------------------------------------------------------------- the loss, by hand
+
+def hand_lrd_loss(net, batch) -> float:
+    """Eq. 14 in the selected form, one (b, h) pair and one relation at a time, in float64."""
+    lrd = net.lrd
+    history = batch['history_items'].numpy()
+    negatives = batch['lrd_neg_items'].numpy()
+    target = batch['item_id'][:, 0].numpy()
+    with torch.no_grad():
+        q_all = lrd.relation_distribution(batch['history_items'], batch['item_id'][:, :1]).double().numpy()
+    ent = net.entity_embeddings.weight.detach().double().numpy()
+    rel = net.relation_embeddings.weight.detach().double().numpy()
+    first = lrd.first_relation
+    log_sigmoid = lambda x: -np.logaddexp(0, -x)  # noqa: E731
+    sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    nll, entropies, per_user_relation = [], [], []
+    for b in range(len(history)):
+        valid = [h for h in range(history.shape[1]) if history[b, h] > 0]
+        v_j = ent[target[b]]
+        likelihood = {r: [] for r in range(first, len(rel))}
+        for h in valid:
+            v_i, v_n, q = ent[history[b, h]], ent[negatives[b, h]], q_all[b, h]
+            entropies.append(-(q * np.log(q)).sum())
+            pair = 0.0
+            for r in range(first, len(rel)):
+                pos, neg = (v_i * rel[r] * v_j).sum(), (v_n * rel[r] * v_j).sum()
+                pair -= q[r] * (log_sigmoid(pos) + log_sigmoid(-neg))
+                pos_code = q[r] * (pos + (v_i * rel[r]).sum() + (v_j * rel[r]).sum())
+                neg_code = q[r] * (neg + (v_n * rel[r]).sum() + (v_j * rel[r]).sum())
+                likelihood[r].append(sigmoid(pos_code - neg_code))
+            nll.append(pair)
+        per_user_relation.extend(-np.log(np.mean(v)) for v in likelihood.values())
+    recon = np.mean(nll) if lrd.loss_form == 'paper' else np.mean(per_user_relation)
+    sign = -1.0 if lrd.entropy_sign == 'paper' else 1.0
+    return recon + sign * lrd.alpha * np.mean(entropies)
+
+
+@pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
+@pytest.mark.parametrize('form, sign, leave', [('paper', 'paper', '1'), ('code', 'code', '1'),
+                                               ('paper', 'code', '0'), ('code', 'paper', '0')])
+def test_lrd_loss_matches_hand_computation(model, form, sign, leave, tiny_root):
+    net, data = build(model, tiny_root, '--lrd_loss', form, '--entropy_sign', sign, '--leave_one_latent', leave,
+                      '--alpha', '0.3')
+    with torch.no_grad():  # larger embeddings than the init, so that every term matters
+        net.entity_embeddings.weight.normal_(0, 0.7)
+        net.relation_embeddings.weight.normal_(0, 0.7)
+    batch = padded_train_batch(data, 12)
+    assert (net.lrd.loss_form, net.lrd.entropy_sign, net.lrd.first_relation) == (form, sign, int(leave))
+    with torch.no_grad():
+        loss = net.lrd(batch)
+    assert loss.shape == ()
+    assert float(loss) == pytest.approx(hand_lrd_loss(net, batch), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
+@pytest.mark.parametrize('form', ['paper', 'code'])
+def test_padded_positions_contribute_nothing(model, form, tiny_root):
+    net, data = build(model, tiny_root, '--lrd_loss', form)
+    batch = padded_train_batch(data)
+    pad = batch['history_items'] == 0
+    width = batch['history_items'].shape[1]
+    with torch.no_grad():
+        net.entity_embeddings.weight.normal_(0, 0.5)
+        before = net.lrd(batch)
+        changed = dict(batch)
+        negatives = batch['lrd_neg_items'].clone()
+        negatives[:, :width][pad] = torch.randint(1, N_ITEMS + 1, (int(pad.sum()),))
+        negatives[:, width:] = 1
+        changed['lrd_neg_items'] = negatives
+        net.entity_embeddings.weight[0] = torch.randn(net.emb_size) * 3  # the padding item's embedding
+        after = net.lrd(changed)
+        assert float(after) == pytest.approx(float(before), abs=1e-6)
+        # control: changing the negative of a valid position does change the loss
+        valid_row, valid_col = [int(x[0]) for x in torch.nonzero(~pad, as_tuple=True)]
+        negatives[valid_row, valid_col] = negatives[valid_row, valid_col] % N_ITEMS + 1
+        assert float(net.lrd(changed)) != pytest.approx(float(before), abs=1e-6)
+
+
+@pytest.mark.parametrize('form', ['paper', 'code'])
+def test_entropy_sign_flips_the_entropy_term(form, tiny_root):
+    net_p, data = build('KDA_LRD', tiny_root, '--lrd_loss', form, '--entropy_sign', 'paper')
+    net_c, _ = build('KDA_LRD', tiny_root, '--lrd_loss', form, '--entropy_sign', 'code')
+    for (name, a), b in zip(net_p.state_dict().items(), net_c.state_dict().values()):
+        assert torch.equal(a, b), name  # same seed, same parameters
+    with torch.no_grad():  # a sharper, position-dependent q than at initialisation
+        net_p.lrd.extractor.weight.normal_(0, 2)
+        net_p.lrd.projection.weight.normal_(0, 2)
+    net_c.load_state_dict(net_p.state_dict())
+    batch = padded_train_batch(data)
+    with torch.no_grad():
+        q = net_p.lrd.relation_distribution(batch['history_items'], batch['item_id'][:, :1])
+        entropy = -torch.xlogy(q, q).sum(-1)
+        valid = batch['history_items'] > 0
+        h_valid = entropy[valid].mean()
+        h_all = entropy.mean()
+        difference = net_c.lrd(batch) - net_p.lrd(batch)
+    # code minus paper = 2 α H, H averaged over valid positions only (padding is not part of the entropy)
+    assert float(difference) == pytest.approx(2 * 0.1 * float(h_valid), rel=1e-4)
+    assert abs(float(h_valid) - float(h_all)) > 0.01  # so the next line tells the two apart
+    assert float(difference) != pytest.approx(2 * 0.1 * float(h_all), rel=1e-3)
+
+
+def test_joint_loss_adds_lambda_times_lrd(tiny_root):
+    net, data = build('KDA_LRD', tiny_root, '--lamda', '5')
+    batch = padded_train_batch(data)
+    net.train()
+    out = net(batch)
+    assert {'prediction', 'kg_prediction', 'lrd_loss'} == set(out)
+    torch.testing.assert_close(net.loss(out), KDA.loss(net, out) + 5 * out['lrd_loss'])
+    net.eval()
+    dev_net_out = net({**batch, 'phase': 'dev'})
+    assert set(dev_net_out) == {'prediction'}
+
+
+# --------------------------------------------------------------------------- ablations
+
+def test_lrd_feature_id_reads_entity_embeddings(tiny_root):
+    net_llm, data = build('RCF_LRD', tiny_root, '--lrd_feature', 'llm')
+    net_id, _ = build('RCF_LRD', tiny_root, '--lrd_feature', 'id')
+    batch = padded_train_batch(data)
+    history, target = batch['history_items'], batch['item_id'][:, :1]
+    assert not hasattr(net_id.lrd, 'projection') and not hasattr(net_id.lrd, 'features')
+    assert all(not n.startswith('lrd.projection') for n, _ in net_id.named_parameters())
+    assert net_id.lrd.extractor.in_features == 2 * net_id.emb_size
+    # w/o LLM: q is a function of the ID embeddings; with LLM features it is not
+    q_id = net_id.lrd.relation_distribution(history, target)
+    grad_id, = torch.autograd.grad(q_id[..., 1].sum(), net_id.entity_embeddings.weight)
+    assert grad_id[history[history > 0]].abs().sum() > 0
+    q_llm = net_llm.lrd.relation_distribution(history, target)
+    grad_llm, = torch.autograd.grad(q_llm[..., 1].sum(), net_llm.entity_embeddings.weight, allow_unused=True)
+    assert grad_llm is None
+    # and the language features reach the loss only in the LLM variant
+    net_llm.lrd(batch).backward()
+    assert net_llm.lrd.projection.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
+def test_include_kge_0_drops_the_kg_task(model, tiny_root):
+    net, data = build(model, tiny_root, '--include_kge', '0')
+    assert net.gamma == 0
+    batch = padded_train_batch(data)
+    assert 'head_id' not in batch
+    out = net(batch)
+    assert set(out) == {'prediction', 'lrd_loss'}
+    net_kge, data_kge = build(model, tiny_root)
+    assert net_kge.gamma > 0 and 'kg_prediction' in net_kge(padded_train_batch(data_kge))
+
+
+@pytest.mark.parametrize('leave, relation0_trained', [('1', False), ('0', True)])
+def test_leave_one_latent(leave, relation0_trained, tiny_root):
+    net, data = build('KDA_LRD', tiny_root, '--leave_one_latent', leave)
+    batch = padded_train_batch(data)
+    net.lrd(batch).backward()
+    grad = net.relation_embeddings.weight.grad.abs().sum(1)
+    assert bool(grad[0] > 0) is relation0_trained
+    assert (grad[1:] > 0).all()  # every other relation, latent ones included, is reconstructed
+
+
+# --------------------------------------------------------------------------- --include_lrd 0 == backbone
+
+def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2):
+    args = parse(model, root, '--batch_size', '16', '--eval_batch_size', '16', '--num_neg', '2', *extra)
+    init_seed(args.random_seed)
+    corpus = READERS[model](args)
+    net = MODELS[model](args, corpus)
+    data = {}
+    for phase in ('train', 'dev'):
+        data[phase] = MODELS[model].Dataset(net, corpus, phase)
+        data[phase].prepare()
+    runner = BaseRunner(args)
+    net.actions_before_train()
+    losses = [runner.fit(data['train'], epoch=e + 1) for e in range(epochs)]
+    predictions = np.concatenate([p for _, p in runner.predict_batches(data['dev'])])
+    return losses, predictions, net.state_dict()
+
+
+@pytest.mark.parametrize('backbone', ['KDA', 'RCF'])
+def test_include_lrd_0_is_bit_identical_to_the_backbone(backbone, tiny_root):
+    plain = train_trajectory(backbone, tiny_root)
+    ablated = train_trajectory(backbone + '_LRD', tiny_root, '--include_lrd', '0')
+    assert plain[0] == ablated[0]  # loss per epoch, exactly
+    np.testing.assert_array_equal(plain[1], ablated[1])
+    assert plain[2].keys() == ablated[2].keys()
+    for name in plain[2]:
+        assert torch.equal(plain[2][name], ablated[2][name]), name
+    with_lrd = train_trajectory(backbone + '_LRD', tiny_root, epochs=1)
+    assert with_lrd[0][0] != plain[0][0]
+
+
+# --------------------------------------------------------------------------- end to end
+
+def run_main(model: str, root: Path, out: Path, *extra: str) -> dict:
+    try:
+        results = main.main(['--model_name', model, '--path', str(root), '--dataset', 'Tiny', '--epoch', '1',
+                             '--gpu', '', '--batch_size', '16', '--eval_batch_size', '16', '--emb_size', '8',
+                             '--latent_relation_num', '2', '--include_attr', '1', '--num_heads', '2',
+                             '--log_file', str(out / 'log' / f'{model}.txt'),
+                             '--model_path', str(out / 'model' / f'{model}.pt'), *extra])
+    finally:  # main leaves its log file open on the root logger
+        for handler in logging.root.handlers[:]:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logging.root.removeHandler(handler)
+    assert (out / 'model' / f'{model}.pt').is_file()
+    assert len(list((out / 'log').glob('*/rec-test.csv'))) == 1
+    for phase in ('dev', 'test'):
+        for key in ('NDCG@5', 'HR@5', 'NDCG@10', 'HR@10'):
+            assert 0 <= results[phase][key] <= 1, (phase, key)
+    assert results['best_epoch'] == 1
+    return results
+
+
+@pytest.mark.parametrize('model, extra', [('RCF_LRD', ('--lrd_loss', 'code', '--entropy_sign', 'code')),
+                                          ('KDA_LRD', ())])
+def test_one_epoch_with_feature_file(model, extra, tiny_root, tmp_path):
+    run_main(model, tiny_root, tmp_path, '--plm_name', 'feat:test', *extra)
+    log = next((tmp_path / 'log').glob('*.txt')).read_text()
+    assert f'Item text features from feat:test: ({N_ITEMS + 1}, {FEAT_DIM})' in log
+
+
+class WordCountEncoder:
+    identity = 'test:wordcount-v1'
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def encode(self, texts):
+        self.seen.extend(texts)
+        vocabulary = ['red', 'blue', 'lamp', 'pen', 'desk', 'paper', 'ink', 'storage', 'Acme', 'Bolt']
+        return np.array([[t.split().count(w) for w in vocabulary] + [len(t) / 10] for t in texts], dtype=float)
+
+
+def test_one_epoch_with_a_test_encoder(tiny_root, tmp_path, monkeypatch):
+    encoder = WordCountEncoder()
+    calls = []
+
+    def features(texts, encoder_name='minilm', cache_dir=None, device='cpu', batch_size=None, **kw):
+        calls.append(cache_dir)
+        return text_encoders.item_text_features(texts, encoder, cache_dir=cache_dir)
+
+    monkeypatch.setattr(lrd_reader_module, 'item_text_features', features)
+    run_main('KDA_LRD', tiny_root, tmp_path, '--plm_name', 'minilm', '--lrd_loss', 'code')
+    assert len(encoder.seen) == N_ITEMS and all(' model ' in t for t in encoder.seen)
+    assert calls == [str(tmp_path / 'cache' / 'Tiny')]  # derived files of outside data: under <repo>/cache
