@@ -1,0 +1,187 @@
+"""Every model on SeqReader/BaseReader data trains one epoch end to end; sequential models ignore padding."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'src'))
+
+import main  # noqa: E402
+from models.sequential.Caser import Caser  # noqa: E402
+from models.sequential.TiSASRec import SCALE_CAP, user_min_intervals  # noqa: E402
+from tiny_data import make_tiny_dataset  # noqa: E402
+from utils import corpus_cache  # noqa: E402
+
+MODELS = ['SASRec', 'Caser', 'GRU4Rec', 'TiSASRec', 'BPRMF', 'POP']
+SEQUENTIAL = ['SASRec', 'Caser', 'GRU4Rec', 'TiSASRec']
+METRICS = [f'{m}@{k}' for k in (5, 10, 20, 50) for m in ('NDCG', 'HR')]
+
+
+@pytest.fixture(scope='module')
+def tiny_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp('data')
+    make_tiny_dataset(root)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def corpus_cache_in_tmp(monkeypatch, tiny_root):
+    """Corpus pickles of data outside the repository go to <repo>/cache; keep them in the test's tmp."""
+    monkeypatch.setattr(corpus_cache, 'REPO_DIR', tiny_root)
+
+
+def run_main(model: str, root: Path, out: Path, *extra: str) -> dict:
+    log_file, model_path = out / 'log' / f'{model}.txt', out / 'model' / f'{model}.pt'
+    try:
+        results = main.main(['--model_name', model, '--path', str(root), '--dataset', 'Tiny', '--epoch', '1',
+                             '--gpu', '', '--batch_size', '16', '--eval_batch_size', '16',
+                             '--log_file', str(log_file), '--model_path', str(model_path), *extra])
+    finally:  # main leaves its log file open on the root logger
+        for handler in logging.root.handlers[:]:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
+                logging.root.removeHandler(handler)
+    assert log_file.is_file() and log_file.stat().st_size > 0
+    assert model_path.is_file()
+    for phase in ('dev', 'test'):
+        assert set(METRICS) <= set(results[phase]), results[phase]
+        for key, value in results[phase].items():
+            assert np.isfinite(value) and 0 <= value <= 1, (phase, key, value)
+    return results
+
+
+@pytest.mark.parametrize('model', MODELS)
+def test_one_epoch(model, tiny_root, tmp_path):
+    results = run_main(model, tiny_root, tmp_path)
+    assert results['best_epoch'] == 1
+    assert len(list((tmp_path / 'log').glob('*/rec-test.csv'))) == 1
+    if model == 'POP':  # the placeholder parameter never moves: scores stay the training counts
+        state = torch.load(tmp_path / 'model' / 'POP.pt', weights_only=True)
+        assert state['dummy'].item() == 0
+        assert state['popularity'].sum().item() == len(pd.read_csv(tiny_root / 'Tiny' / 'train.csv', sep='\t'))
+
+
+def test_sasrec_full_ranking(tiny_root, tmp_path):
+    run_main('SASRec', tiny_root, tmp_path, '--test_all', '1')
+    recs = pd.read_csv(next((tmp_path / 'log').glob('*/rec-test.csv')), sep='\t')
+    interactions = pd.concat(pd.read_csv(tiny_root / 'Tiny' / f'{p}.csv', sep='\t') for p in ('train', 'dev', 'test'))
+    clicked = interactions.groupby('user_id')['item_id'].apply(set)
+    target = pd.read_csv(tiny_root / 'Tiny' / 'test.csv', sep='\t').set_index('user_id')['item_id']
+    for user, items, scores in zip(recs['user_id'], recs['rec_items'], recs['rec_predictions']):
+        finite = [int(i) for i, v in zip(items.strip('[]').split(','), scores.strip('[]').split(','))
+                  if np.isfinite(float(v))]  # masked items score -inf
+        assert len(finite) == 40 - len(clicked[user]) + 1  # every unclicked item and the target, nothing else
+        assert set(finite) & clicked[user] == {target[user]}
+
+
+def test_general_model_full_ranking(tiny_root, tmp_path):
+    result = run_main('BPRMF', tiny_root, tmp_path, '--test_all', '1')
+    assert 0 <= result['test']['HR@5'] <= 1
+
+
+def build(model: str, root: Path, *extra: str):
+    """Reader, model and dev dataset as main.run builds them, without training or caching."""
+    argv = ['--model_name', model, '--path', str(root), '--dataset', 'Tiny', '--gpu', '', *extra]
+    parser, model_cls, reader_cls, _ = main.build_parser(argv)
+    args = parser.parse_args(argv)
+    args.device = torch.device('cpu')
+    torch.manual_seed(0)
+    corpus = reader_cls(args)
+    model_obj = model_cls(args, corpus).eval()
+    dataset = model_cls.Dataset(model_obj, corpus, 'dev')
+    dataset.prepare()
+    return corpus, model_obj, dataset
+
+
+@pytest.mark.parametrize('model', SEQUENTIAL)
+@torch.no_grad()
+def test_scores_ignore_padding(model, tiny_root):
+    """A row scored alone (no padding) and inside a batch padded to a longer history scores the same."""
+    _, model_obj, dataset = build(model, tiny_root)
+    n = len(dataset)
+    batch = dataset[list(range(n))]
+    assert int(batch['lengths'].min()) < batch['history_items'].shape[1]  # some rows are padded
+    together = model_obj(batch)['prediction']
+    alone = torch.cat([model_obj(dataset[[i]])['prediction'] for i in range(n)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_caser_window_is_right_aligned(tiny_root):
+    _, model_obj, _ = build('Caser', tiny_root, '--history_max', '4', '--L', '2')
+    history = torch.tensor([[5, 6, 0], [7, 8, 9], [3, 0, 0]])
+    window = model_obj.right_aligned_window(history, torch.tensor([2, 3, 1]))
+    assert window.tolist() == [[0, 0, 5, 6], [0, 7, 8, 9], [0, 0, 0, 3]]
+    assert isinstance(model_obj, Caser)
+
+
+def test_tisasrec_scale_matches_rechorus_definition(tiny_root):
+    """ReChorus: per user, min over |t_i - t_j| with zero entries replaced by 0xFFFF."""
+    users = np.array([1, 1, 1, 2, 2, 3, 4, 4, 4])
+    times = np.array([50, 10, 10, 7, 7, 3, 0, 200_000, 100_000])
+    assert user_min_intervals(users, times, 5).tolist() == [SCALE_CAP, 40, SCALE_CAP, SCALE_CAP, SCALE_CAP]
+    corpus, _, dataset = build('TiSASRec', tiny_root)
+    expected = np.full(corpus.n_users, SCALE_CAP)
+    for u, group in corpus.all_df.groupby('user_id'):
+        t = group['time'].to_numpy()
+        gaps = np.abs(t[:, None] - t[None, :])
+        expected[u] = np.min(gaps + (gaps <= 0) * SCALE_CAP)
+    assert np.array_equal(corpus.user_min_interval, expected)
+    batch = dataset[[0, 1, 2]]
+    assert batch['user_min_intervals'].tolist() == expected[dataset.data['user_id'][:3]].tolist()
+
+
+def test_tiny_dataset_guarantees(tmp_path):
+    folder = make_tiny_dataset(tmp_path, name='Check', n_users=12, n_items=30, seed=3, n_neg=15)
+    read = {p: pd.read_csv(folder / f'{p}.csv', sep='\t') for p in ('train', 'dev', 'test')}
+    everything = pd.concat(read.values())
+    assert sorted(everything['user_id'].unique()) == list(range(1, 13))
+    assert sorted(read['train']['item_id'].unique()) == list(range(1, 31))
+    for phase in ('dev', 'test'):
+        assert read[phase]['user_id'].is_unique and len(read[phase]) == 12
+    for u, group in everything.groupby('user_id'):
+        assert len(group) >= 5 and group['item_id'].is_unique
+        assert group.sort_values('time')['item_id'].tolist()[-1] == read['test'].set_index('user_id').loc[u, 'item_id']
+        history = set(group['item_id'])
+        for phase in ('dev', 'test'):
+            negs = [int(x) for x in read[phase].set_index('user_id').loc[u, 'neg_items'].strip('[]').split(',')]
+            assert len(negs) == len(set(negs)) == 15 and not history & set(negs)
+    for u, group in read['train'].groupby('user_id'):
+        assert group['time'].max() < read['dev'].set_index('user_id').loc[u, 'time'] \
+            < read['test'].set_index('user_id').loc[u, 'time']
+    meta = pd.read_csv(folder / 'item_meta.csv', sep='\t')
+    assert sorted(meta['item_id']) == list(range(1, 31)) and meta['item_id'].tolist() != list(range(1, 31))
+    assert set(meta['i_brand']) <= set(range(1, 7)) and set(meta['i_category']) <= set(range(5))
+    text = pd.read_csv(folder / 'Check.text', sep='\t')
+    index = pd.read_csv(folder / 'Check.item2index', sep='\t', header=None, names=['raw', 'item_id'])
+    assert list(text.columns) == ['id', 'text'] and set(text['id']) == set(index['raw'])
+    assert index['item_id'].tolist() == list(range(1, 31)) and text['text'].is_unique
+    assert (index['raw'] != index['item_id'].map('A{:04d}'.format)).all()
+
+
+@torch.no_grad()
+def test_time_interval_attention_matches_reference_formula():
+    """Scores q_i·(k_j + p^K_j + r^K_ij)/√d_k, causal softmax, output Σ_j α_ij (v_j + p^V_j + r^V_ij), per head."""
+    from models.sequential.TiSASRec import TimeIntervalMultiHeadAttention
+    torch.manual_seed(0)
+    bs, seq_len, d, h = 3, 5, 8, 2
+    attn = TimeIntervalMultiHeadAttention(d, h)
+    seq, pos_k, pos_v = torch.randn(bs, seq_len, d), torch.randn(bs, seq_len, d), torch.randn(bs, seq_len, d)
+    inter_k, inter_v = torch.randn(bs, seq_len, seq_len, d), torch.randn(bs, seq_len, seq_len, d)
+    mask = torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    q, k, v = attn.q_linear(seq), attn.k_linear(seq) + pos_k, attn.v_linear(seq) + pos_v
+    expected = torch.zeros(bs, seq_len, d)
+    for head in range(h):
+        cols = slice(head * d // h, (head + 1) * d // h)
+        keys = k[:, None, :, cols] + inter_k[..., cols]  # B × Lq × Lk × d_k
+        values = v[:, None, :, cols] + inter_v[..., cols]
+        scores = (q[:, :, None, cols] * keys).sum(-1) / (d // h) ** 0.5
+        weights = scores.masked_fill(~mask, float('-inf')).softmax(-1)
+        expected[..., cols] = (weights[..., None] * values).sum(2)
+    torch.testing.assert_close(attn(seq, pos_k, pos_v, inter_k, inter_v, mask), expected)
