@@ -1,10 +1,13 @@
 """Train and evaluate one model: ``python src/main.py --model_name KDA_LRD --dataset Office``.
 
-Works from the repository root and from inside ``src/``, as ReChorus users run it.
+Works from the repository root and from inside ``src/``, as ReChorus users run it. Launched by
+``torchrun --nproc_per_node N src/main.py ...`` it trains with DistributedDataParallel
+(docs/distributed.md).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import os
 import sys
@@ -13,6 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
+from utils import distributed as dist_utils  # noqa: E402
 from utils import registry  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
 from utils.metrics import format_metrics  # noqa: E402
@@ -36,7 +40,7 @@ def parse_global_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help='To save the final validation and test results or not.')
     parser.add_argument('--regenerate', type=int, default=0,
                         help='Whether to regenerate intermediate files')
-    return parser
+    return dist_utils.parse_ddp_args(parser)
 
 
 def build_parser(argv: list[str] | None):
@@ -65,11 +69,44 @@ def run_name(args: argparse.Namespace, model_cls) -> str:
 
 
 def setup_logging(args: argparse.Namespace) -> None:
-    check_dir(args.log_file)
+    """The log file and stdout; under torchrun only rank 0 does that, the others print warnings to stderr."""
     for handler in logging.root.handlers[:]:
         logging.root.removeHandler(handler)
+        handler.close()
+    if not dist_utils.is_main():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        logging.basicConfig(level=args.verbose, format=f'[rank {dist_utils.get_rank()}] %(levelname)s: %(message)s',
+                            handlers=[handler])
+        return
+    check_dir(args.log_file)
     logging.basicConfig(level=args.verbose, format='%(message)s',
                         handlers=[logging.FileHandler(args.log_file), logging.StreamHandler(sys.stdout)])
+
+
+def set_visible_gpus(args: argparse.Namespace) -> None:
+    """``--gpu`` sets CUDA_VISIBLE_DEVICES unless it is set already. Under torchrun each rank uses
+    GPU LOCAL_RANK among the visible ones, so only a list (``--gpu 0,1,2,3``) restricts them there;
+    a single id such as the default ``0`` would hide the other ranks' GPUs and is not applied."""
+    if args.gpu == '' or 'CUDA_VISIBLE_DEVICES' in os.environ:
+        return
+    if dist_utils.launched() and ',' not in args.gpu:
+        return
+    os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
+
+
+def load_corpus_once(reader_cls, args: argparse.Namespace):
+    """Under torchrun the corpus (and the text embeddings a reader computes) is built once per node,
+    by its local rank 0; the other ranks wait on a barrier and then hit the cache it wrote."""
+    if not dist_utils.is_initialized():
+        return load_corpus(reader_cls, args)
+    corpus = load_corpus(reader_cls, args) if dist_utils.get_local_rank() == 0 else None
+    dist_utils.barrier()
+    if corpus is None:
+        cached = copy.copy(args)
+        cached.regenerate = 0  # the local rank 0 has just (re)built it
+        corpus = load_corpus(reader_cls, cached)
+    return corpus
 
 
 def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
@@ -80,14 +117,21 @@ def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
     setup_logging(args)
     logging.info('=' * 40 + ' Begin ' + '=' * 40)
     logging.info(' '.join(sys.argv))
-    if args.gpu != '' and 'CUDA_VISIBLE_DEVICES' not in os.environ:
-        os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
+    set_visible_gpus(args)
     args.device = pick_device(args.gpu)
     logging.info(f'Device: {args.device}')
+    if dist_utils.launched():
+        if args.device.type == 'cuda' and args.device.index >= torch.cuda.device_count():
+            raise RuntimeError(f'LOCAL_RANK {args.device.index} has no GPU: {torch.cuda.device_count()} visible')
+        backend = dist_utils.init(args.device, args.ddp_backend, args.ddp_timeout)
+        logging.info(f'Distributed: {dist_utils.get_world_size()} processes, backend {backend}, '
+                     f'global batch {args.batch_size * dist_utils.get_world_size()}')
     init_seed(args.random_seed)
 
-    corpus = load_corpus(reader_cls, args)
+    corpus = load_corpus_once(reader_cls, args)
     model = model_cls(args, corpus).to(args.device)
+    if dist_utils.is_initialized():  # same initial weights (DDP syncs rank 0's), different dropout per rank
+        torch.manual_seed(args.random_seed + dist_utils.get_rank())
     logging.info(f'#params: {model.count_variables()}')
     logging.info(model)
     data_dict = {}
@@ -97,7 +141,9 @@ def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
     runner = runner_cls(args)
 
     if args.load > 0:
-        model.load_model()
+        if dist_utils.is_main():
+            model.load_model()
+        dist_utils.broadcast_state(model)  # rank 0's checkpoint on every rank
     if args.train > 0:
         model.actions_before_train()
         runner.train(data_dict)
@@ -120,7 +166,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser, model_cls, reader_cls, runner_cls = build_parser(argv)
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
-    return run(args, model_cls, reader_cls, runner_cls)
+    if not dist_utils.launched():
+        return run(args, model_cls, reader_cls, runner_cls)
+    try:  # a failing rank reports its error and leaves the group; torchrun then stops the others
+        return run(args, model_cls, reader_cls, runner_cls)
+    except BaseException as e:
+        dist_utils.report_failure(e)
+        raise
+    finally:
+        dist_utils.teardown()
 
 
 if __name__ == '__main__':

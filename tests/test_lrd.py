@@ -352,4 +352,5 @@ def test_one_epoch_with_a_test_encoder(tiny_root, tmp_path, monkeypatch):
     monkeypatch.setattr(lrd_reader_module, 'item_text_features', features)
     run_main('KDA_LRD', tiny_root, tmp_path, '--plm_name', 'minilm', '--lrd_loss', 'code')
     assert len(encoder.seen) == N_ITEMS and all(' model ' in t for t in encoder.seen)
-    assert calls == [str(tmp_path / 'cache' / 'Tiny')]  # derived files of outside data: under <repo>/cache
+    assert calls == [corpus_cache.cache_dir(str(tiny_root / 'Tiny'), 'Tiny')]  # outside data: under <repo>/cache
+    assert calls[0].startswith(str(tmp_path / 'cache' / 'Tiny-'))

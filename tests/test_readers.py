@@ -264,7 +264,8 @@ def test_cache_hit_and_outside_repo_data_never_written(tmp_path, fake_repo, buil
     np.testing.assert_array_equal(second.his_items, first.his_items)
     assert files_of(data) == before  # nothing written next to the data
     assert not list(data.rglob('*.pkl'))
-    assert (fake_repo / 'cache' / 'Tiny' / 'KGReader.pkl').is_file()
+    assert (Path(corpus_cache.cache_dir(str(data), 'Tiny')) / 'KGReader.pkl').is_file()
+    assert Path(corpus_cache.cache_dir(str(data), 'Tiny')).parent == fake_repo / 'cache'
 
 
 def test_regenerate_rebuilds(tmp_path, fake_repo, builds):
@@ -364,7 +365,7 @@ def test_lrd_reader_outside_repo_writes_nothing_next_to_the_data(tmp_path, fake_
     corpus = corpus_cache.load_corpus(LRDReader, args)
     assert corpus.item_features.shape == (26, 4)
     assert files_of(data) == before
-    cached = sorted(p.suffix for p in (fake_repo / 'cache' / 'Tiny').iterdir())
+    cached = sorted(p.suffix for p in Path(corpus_cache.cache_dir(str(data), 'Tiny')).iterdir())
     assert cached == ['.json', '.npy', '.pkl']
     corpus_cache.load_corpus(LRDReader, args)
     assert len(builds) == 1

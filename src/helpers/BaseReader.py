@@ -63,6 +63,11 @@ class BaseReader:
                                                    self.data_df['train']['item_id'].to_numpy(), self.n_items)
         self.all_clicked_keys = sorted_pair_keys(self.all_df['user_id'].to_numpy(),
                                                  self.all_df['item_id'].to_numpy(), self.n_items)
+        # every item of each user (train/dev/test) as CSR rows, for masking under full ranking
+        by_user = np.argsort(self.all_df['user_id'].to_numpy(), kind='stable')
+        self.clicked_items = self.all_df['item_id'].to_numpy()[by_user]
+        self.clicked_start = np.zeros(self.n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.all_df['user_id'].to_numpy(), minlength=self.n_users), out=self.clicked_start[1:])
         logging.info(f'"# user": {self.n_users - 1}, "# item": {self.n_items - 1}, "# entry": {self.n_clicks}')
 
     def _validate(self) -> None:

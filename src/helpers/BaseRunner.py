@@ -2,11 +2,17 @@
 
 Evaluation never materialises a users × candidates score matrix: each batch is scored, ranked and
 dropped, so full ranking on large catalogues stays within memory.
+
+Under ``torchrun`` (see docs/distributed.md and ``utils/distributed.py``) the same runner trains with
+DistributedDataParallel: each rank trains on its shard of every epoch, evaluates a slice of dev/test
+whose per-instance ranks are gathered (the metrics equal a single-process evaluation), and only
+rank 0 saves checkpoints, writes result files and decides when to stop.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import logging
 import os
 import time
@@ -14,10 +20,12 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler
 from tqdm import tqdm
 
 from models.BaseModel import BaseModel
+from utils import distributed as dist_utils
 from utils import metrics as metric_utils
 from utils.runtime import batch_to_device, check_dir
 
@@ -42,9 +50,11 @@ class BaseRunner:
         parser.add_argument('--l2', type=float, default=0,
                             help='Weight decay in optimizer.')
         parser.add_argument('--batch_size', type=int, default=256,
-                            help='Batch size during training.')
+                            help='Batch size during training. Under torchrun it is per process: a step '
+                                 'trains on batch_size x WORLD_SIZE instances, so scale --lr with the world '
+                                 'size (linear scaling rule; see docs/distributed.md).')
         parser.add_argument('--eval_batch_size', type=int, default=256,
-                            help='Batch size during testing.')
+                            help='Batch size during testing (per process under torchrun).')
         parser.add_argument('--optimizer', type=str, default='Adam',
                             help='optimizer: any torch.optim class name, e.g. SGD, Adam, AdamW, Adagrad')
         parser.add_argument('--num_workers', type=int, default=0,
@@ -61,6 +71,10 @@ class BaseRunner:
         parser.add_argument('--autocast', type=str, default='', choices=['', 'bf16', 'fp16'],
                             help='Mixed precision for forward passes (bf16 pays off on CPUs with AVX-512-BF16 '
                                  'and on GPUs); empty = full fp32.')
+        parser.add_argument('--ddp_find_unused', type=int, default=0,
+                            help='torchrun only: DistributedDataParallel(find_unused_parameters=...). Set 1 '
+                                 'for a model whose training forward leaves some parameters without a '
+                                 'gradient (the built-in models use all of theirs).')
         return parser
 
     def __init__(self, args: argparse.Namespace):
@@ -83,6 +97,10 @@ class BaseRunner:
         self.autocast_dtype = {'': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}[args.autocast]
         self.time = None
         self.data_seconds = 0.0
+        self.random_seed = getattr(args, 'random_seed', 0)
+        self.ddp_find_unused = bool(getattr(args, 'ddp_find_unused', 0))
+        self._ddp = None  # the DistributedDataParallel wrapper of the trained model (torchrun only)
+        self._fit_calls = 0
 
     def _autocast(self, device: torch.device):
         """Mixed-precision context for a forward pass (a no-op without ``--autocast``)."""
@@ -104,14 +122,45 @@ class BaseRunner:
         return getattr(torch.optim, self.optimizer_name)(
             model.customize_parameters(), lr=self.learning_rate, weight_decay=self.l2)
 
-    def _loader(self, dataset: BaseModel.Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        """Batches are index lists; the dataset turns each into a collated feed dict."""
-        base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
-        return DataLoader(dataset, sampler=BatchSampler(base, batch_size, drop_last=False), batch_size=None,
+    def _loader(self, dataset: BaseModel.Dataset, batch_size: int, shuffle: bool, epoch: int = 0) -> DataLoader:
+        """Batches are index lists; the dataset turns each into a collated feed dict.
+
+        Under torchrun, training batches are this rank's shard of an ``epoch``-seeded permutation
+        (:class:`utils.distributed.ShardedBatchSampler`) and evaluation batches cover this rank's
+        contiguous slice (:func:`utils.distributed.shard_range`).
+        """
+        if not dist_utils.is_initialized():
+            base = RandomSampler(dataset) if shuffle else SequentialSampler(dataset)
+            sampler = BatchSampler(base, batch_size, drop_last=False)
+        elif shuffle:
+            sampler = dist_utils.ShardedBatchSampler(len(dataset), batch_size, seed=self.random_seed)
+            sampler.set_epoch(epoch)
+        else:
+            sampler = BatchSampler(range(*dist_utils.shard_range(len(dataset))), batch_size, drop_last=False)
+        return DataLoader(dataset, sampler=sampler, batch_size=None,
                           collate_fn=_identity, num_workers=self.num_workers, pin_memory=self.pin_memory)
+
+    def _training_module(self, model: BaseModel) -> torch.nn.Module:
+        """The module whose forward trains: the model itself, or its DDP wrapper under torchrun.
+
+        The wrapper is used for the forward pass only (that is what synchronises gradients); the
+        model's own methods (``loss``, ``optimizer``, ``save_model``, evaluation) act on the model.
+        """
+        if not dist_utils.is_initialized() or not any(p.requires_grad for p in model.parameters()):
+            return model
+        if self._ddp is None or self._ddp.module is not model:
+            device_ids = [model.device.index] if model.device.type == 'cuda' else None
+            # buffers are constants (text features, frequency grids): no broadcast of them at every step
+            no_buffer_sync = ({'forward_sync_buffers': False}
+                              if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters
+                              else {'broadcast_buffers': False})  # the older name, deprecated in newer torch
+            self._ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=self.ddp_find_unused,
+                                                **no_buffer_sync)
+        return self._ddp
 
     def train(self, data_dict: dict[str, BaseModel.Dataset]) -> None:
         model = data_dict['train'].model
+        distributed = dist_utils.is_initialized()
         main_metric_results, dev_results = [], []
         self._check_time(start=True)
         try:
@@ -119,7 +168,7 @@ class BaseRunner:
                 self._check_time()
                 gc.collect()
                 loss = self.fit(data_dict['train'], epoch=epoch + 1)
-                if np.isnan(loss):
+                if dist_utils.broadcast_object(bool(np.isnan(loss))):  # rank 0 decides
                     logging.info(f'Loss is Nan. Stop training at {epoch + 1}.')
                     break
                 training_time = self._check_time()
@@ -136,14 +185,21 @@ class BaseRunner:
                     logging_str += f' test=({metric_utils.format_metrics(test_result)})'
                 testing_time = self._check_time()
                 logging_str += f' [{testing_time:<.1f} s]'
-                if max(main_metric_results) == main_metric_results[-1]:
-                    model.save_model()
+                if dist_utils.broadcast_object(max(main_metric_results) == main_metric_results[-1]):
+                    if dist_utils.is_main():
+                        model.save_model()
+                    dist_utils.barrier()
                     logging_str += ' *'
                 logging.info(logging_str)
-                if self.early_stop > 0 and self.eval_termination(main_metric_results):
+                stop = self.early_stop > 0 and self.eval_termination(main_metric_results)
+                if dist_utils.broadcast_object(stop):  # rank 0 decides, every rank stops with it
                     logging.info(f'Early stop at {epoch + 1} based on dev result.')
                     break
         except KeyboardInterrupt:
+            if distributed:  # ranks interrupted at different points cannot agree on more collectives
+                logging.warning(f'Interrupted (Ctrl-C): stopping all ranks; the best model so far is '
+                                f'{model.model_path}')
+                raise
             logging.info('Early stop manually (Ctrl-C): reporting the best model so far.')
 
         if main_metric_results:
@@ -151,8 +207,13 @@ class BaseRunner:
             logging.info(f'\nBest Iter(dev)={best_epoch + 1:>5}\t dev=({metric_utils.format_metrics(dev_results[best_epoch])}) '
                          f'[{self.time[1] - self.time[0]:<.1f} s] ')
             self.best_epoch = best_epoch + 1
-        if os.path.exists(model.model_path):
-            model.load_model()
+        if not distributed:
+            if os.path.exists(model.model_path):
+                model.load_model()
+        elif dist_utils.broadcast_object(os.path.exists(model.model_path)):  # rank 0's checkpoint
+            if dist_utils.is_main():
+                model.load_model()
+            dist_utils.broadcast_state(model)  # every rank continues with rank 0's best model
 
     def eval_termination(self, criterion: list[float]) -> bool:
         """ReChorus' rule: stop after ``early_stop`` non-increasing epochs or as many without a new best."""
@@ -162,37 +223,49 @@ class BaseRunner:
         return len(criterion) - criterion.index(max(criterion)) > self.early_stop
 
     def fit(self, dataset: BaseModel.Dataset, epoch: int = -1) -> float:
+        """One epoch; returns the mean batch loss (over all ranks' batches under torchrun)."""
         model = dataset.model
         if model.optimizer is None:
             model.optimizer = self._build_optimizer(model)
+        self._fit_calls += 1
+        module = self._training_module(model)
         tick = time.perf_counter()
-        dataset.actions_before_epoch()
+        dataset.actions_before_epoch()  # identical on every rank: same seeds, same negatives
         model.train()
         loss_lst = []
         self.data_seconds = time.perf_counter() - tick  # sampling + batch building + transfers
         tick = time.perf_counter()
-        for batch in tqdm(self._loader(dataset, self.batch_size, shuffle=True), leave=False,
-                          desc=f'Epoch {epoch:<3}', ncols=100, mininterval=1):
+        loader = self._loader(dataset, self.batch_size, shuffle=True, epoch=epoch if epoch >= 0 else self._fit_calls)
+        for batch in tqdm(loader, leave=False, desc=f'Epoch {epoch:<3}', ncols=100, mininterval=1,
+                          disable=not dist_utils.is_main()):
             batch = batch_to_device(batch, model.device)
             self.data_seconds += time.perf_counter() - tick
             model.optimizer.zero_grad()
             with self._autocast(model.device):
-                out_dict = model(batch)
+                out_dict = module(batch)
                 loss = model.loss(out_dict)
             loss.backward()
             model.optimizer.step()
             loss_lst.append(loss.detach())
             tick = time.perf_counter()
+        if dist_utils.is_initialized():
+            total, count = dist_utils.all_reduce_sum(
+                [float(torch.stack(loss_lst).sum().cpu()) if loss_lst else 0.0, len(loss_lst)])
+            return total / count if count else float('nan')
         return float(torch.stack(loss_lst).mean().cpu()) if loss_lst else float('nan')
 
     @torch.no_grad()
     def predict_batches(self, dataset: BaseModel.Dataset):
-        """Yield ``(batch index array, scores B × C)`` with clicked items masked under full ranking."""
+        """Yield ``(batch index array, scores B × C)`` with clicked items masked under full ranking.
+
+        Under torchrun it covers this rank's slice of the instances only (``evaluate`` and
+        ``save_rec_results`` gather the slices).
+        """
         model = dataset.model
         model.eval()
-        start = 0
+        start = dist_utils.shard_range(len(dataset))[0]
         for batch in tqdm(self._loader(dataset, self.eval_batch_size, shuffle=False), leave=False,
-                          ncols=100, mininterval=1, desc='Predict'):
+                          ncols=100, mininterval=1, desc='Predict', disable=not dist_utils.is_main()):
             n = batch['batch_size']
             index = np.arange(start, start + n)
             start += n
@@ -208,21 +281,29 @@ class BaseRunner:
         """Full ranking: every item the user interacted with (train/dev/test) is removed, except column 0."""
         corpus = dataset.corpus
         users = dataset.data['user_id'][index]
-        starts, ends = corpus.his_start[users], corpus.his_start[users + 1]
+        starts, ends = corpus.clicked_start[users], corpus.clicked_start[users + 1]
         counts = ends - starts
         rows = np.repeat(np.arange(len(users)), counts)
         flat = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts) + np.repeat(starts, counts)
-        prediction[rows, corpus.his_items[flat]] = -np.inf  # column j holds item j (column 0 the target)
+        prediction[rows, corpus.clicked_items[flat]] = -np.inf  # column j holds item j (column 0 the target)
 
     def evaluate(self, dataset: BaseModel.Dataset, topks: list[int], metrics: list[str]) -> dict[str, float]:
-        ranks = np.concatenate([metric_utils.rank_of_truth(p) for _, p in self.predict_batches(dataset)])
+        """Metrics over all instances; under torchrun every rank ranks its slice and gets the gathered result."""
+        if not dist_utils.is_initialized():
+            ranks = np.concatenate([metric_utils.rank_of_truth(p) for _, p in self.predict_batches(dataset)])
+            return metric_utils.ranking_metrics(ranks, topks, metrics)
+        parts = [metric_utils.rank_of_truth(p).astype(np.int64) for _, p in self.predict_batches(dataset)]
+        ranks = dist_utils.all_gather_array(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
         return metric_utils.ranking_metrics(ranks, topks, metrics)
 
     def print_res(self, dataset: BaseModel.Dataset) -> str:
         return '(' + metric_utils.format_metrics(self.evaluate(dataset, self.topk, self.metrics)) + ')'
 
     def save_rec_results(self, dataset: BaseModel.Dataset, path: str, topk: int) -> None:
-        """Top-k recommendation list per evaluated instance, as a CSV for later inspection."""
+        """Top-k recommendation list per evaluated instance, as a CSV for later inspection.
+
+        Under torchrun every rank must call it: the ranks' slices are gathered and rank 0 writes the file.
+        """
         users, recs, scores = [], [], []
         for index, prediction in self.predict_batches(dataset):
             candidates = dataset.data['neg_items'][index] if not dataset.model.test_all else None
@@ -234,9 +315,28 @@ class BaseRunner:
                 all_candidates = np.concatenate([dataset.data['item_id'][index][:, None], candidates], axis=1)
                 items = np.take_along_axis(all_candidates, top, axis=1)
             users.append(dataset.data['user_id'][index])
-            recs.extend(items.tolist())
-            scores.extend(np.round(np.take_along_axis(prediction, top, axis=1), 4).tolist())
+            recs.append(items)
+            scores.append(np.round(np.take_along_axis(prediction, top, axis=1), 4))
+        if dist_utils.is_initialized():
+            users, recs, scores = self._gather_rec_results(users, recs, scores)
+            if not dist_utils.is_main():
+                return
         check_dir(path)
-        pd.DataFrame({'user_id': np.concatenate(users), 'rec_items': recs, 'rec_predictions': scores}
+        recs, scores = np.concatenate(recs), np.concatenate(scores)
+        finite = np.isfinite(scores)  # full ranking masks clicked items with -inf: never list them
+        pd.DataFrame({'user_id': np.concatenate(users),
+                      'rec_items': [r[f].tolist() for r, f in zip(recs, finite)],
+                      'rec_predictions': [s[f].tolist() for s, f in zip(scores, finite)]}
                      ).to_csv(path, sep='\t', index=False)
         logging.info(f'Saved top-{topk} recommendations to {path}')
+
+    @staticmethod
+    def _gather_rec_results(users: list, recs: list, scores: list) -> tuple[list, list, list]:
+        """Every rank's top-k rows, in instance order (the slices are contiguous and in rank order)."""
+        def local(parts: list, dtype, ndim: int) -> np.ndarray:
+            if parts:
+                return np.concatenate(parts).astype(dtype, copy=False)
+            return np.zeros((0,) * ndim, dtype=dtype)
+        return ([dist_utils.all_gather_array(local(users, np.int64, 1))],
+                [dist_utils.all_gather_array(local(recs, np.int64, 2))],
+                [dist_utils.all_gather_array(local(scores, np.float32, 2))])

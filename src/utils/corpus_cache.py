@@ -7,6 +7,7 @@ rebuilds the corpus instead of silently reusing an old one.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import os
 import pickle
@@ -48,11 +49,12 @@ def cache_key(reader_cls, args: argparse.Namespace) -> dict:
 def cache_dir(data_dir: str, dataset: str) -> str:
     """Where derived files (corpus pickle, text embeddings) go: next to the data for datasets inside
     this repository (ReChorus' place); datasets elsewhere, such as a shared read-only copy, are never
-    written to, their derived files go under ``<repo>/cache/<dataset>``."""
+    written to, their derived files go under ``<repo>/cache/<dataset>-<hash of the folder path>``."""
     real = os.path.realpath(data_dir)
     if real.startswith(str(REPO_DIR) + os.sep) and os.access(real, os.W_OK):
         return real
-    return os.path.join(REPO_DIR, 'cache', dataset)
+    folder_id = hashlib.sha1(real.encode()).hexdigest()[:8]  # two folders with one dataset name never share
+    return os.path.join(REPO_DIR, 'cache', f'{dataset}-{folder_id}')
 
 
 def cache_path(reader_cls, args: argparse.Namespace) -> str:
