@@ -1,0 +1,223 @@
+"""Experiment runner, the ReChorus way: grids × seeds → one tidy CSV; then select and report.
+
+    python src/exp.py run --commands office.sh --n_seeds 5 --jobs 2 --out results/office.csv
+    python src/exp.py run --base '--model_name KDA_LRD --dataset Office' \\
+        --grid 'lr=1e-3,1e-4 lamda=0.1,1,5,10' --n_seeds 5 --out results/office.csv
+    python src/exp.py select --csv results/office.csv --by dev_NDCG@5
+    python src/exp.py report --csv results/office.csv --out docs/results_table.md --latex docs/results_table.tex
+    python src/exp.py arg-docs --out docs/arguments.md          # regenerate the arguments reference
+
+``run`` is the default sub-command (``python src/exp.py --base ... --out ...`` works too). Running the same
+command again resumes: runs already in the CSV with status ok are skipped. See docs/experiments.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from utils import experiments as ex  # noqa: E402
+
+SUBCOMMANDS = ('run', 'select', 'report', 'arg-docs')
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument('--commands', type=str, action='append', default=[],
+                        help='Command file: one "python src/main.py ARGS" (or bare ARGS) per line, # comments, '
+                             'as ReChorus\' run.sh. Repeatable.')
+    parser.add_argument('--base', type=str, default='',
+                        help="main.py arguments every run gets, e.g. '--model_name KDA_LRD --dataset Office'. "
+                             'A command-file line overrides them, a grid point overrides both.')
+    parser.add_argument('--grid', type=str, action='append', default=[],
+                        help="Grid on top of every command: 'lr=1e-3,1e-4 lamda=0.1,1,5,10' (Cartesian product). "
+                             'Repeatable.')
+    parser.add_argument('--n_seeds', type=int, default=1,
+                        help='Runs per configuration, with --random_seed seed0, seed0+1, ...')
+    parser.add_argument('--seed0', type=int, default=0, help='First random seed.')
+    parser.add_argument('--jobs', type=int, default=1,
+                        help='Runs at a time, each a child process; each child gets OMP_NUM_THREADS = '
+                             'cores / jobs unless the environment sets it.')
+    parser.add_argument('--gpus', type=str, default='',
+                        help="Comma-separated GPU ids handed round robin to the job slots as CUDA_VISIBLE_DEVICES "
+                             "(e.g. '0,1' with --jobs 4); empty: children inherit the environment.")
+    parser.add_argument('--out', type=str, default='results.csv',
+                        help='Results CSV (one row per run); created or resumed.')
+    parser.add_argument('--work_dir', type=str, default='',
+                        help="Per-run result JSON, stdout and stderr (default: '<out stem>_runs' next to the CSV).")
+    parser.add_argument('--log_dir', type=str, default='',
+                        help='Logs go to <log_dir>/<Model>/<run_id>/<run name>.txt (default: <repo>/log), unless '
+                             'the arguments set --log_file.')
+    parser.add_argument('--model_dir', type=str, default='',
+                        help='Checkpoints go to <model_dir>/<Model>/<run_id>/<run name>.pt (default: <repo>/model), '
+                             'unless the arguments set --model_path.')
+    parser.add_argument('--timeout', type=float, default=0,
+                        help='Seconds after which a run is killed and recorded as failed (0 = no limit).')
+    parser.add_argument('--retry_failed', type=int, default=1,
+                        help='Rerun runs the CSV records as failed (1) or leave them (0).')
+    parser.add_argument('--dry_run', type=int, default=0,
+                        help='List the runs (id, to run or done, arguments) without running anything.')
+    return parser
+
+
+def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument('--csv', type=str, required=True, help='Results CSV written by exp.py run.')
+    parser.add_argument('--by', type=str, default='dev_NDCG@5',
+                        help='Dev metric whose mean over seeds picks the best configuration (never a test metric).')
+    parser.add_argument('--min_seeds', type=int, default=1,
+                        help='Only configurations with at least this many finished seeds are eligible.')
+    parser.add_argument('--where', type=str, action='append', default=[],
+                        help='Keep rows with name=value (rows of models without that argument are kept). Repeatable.')
+    parser.add_argument('--keep_variants', type=int, default=0,
+                        help='Also consider ablation variants (include_lrd=0, include_kge=0, lrd_feature=id); '
+                             'by default they are excluded.')
+    parser.add_argument('--models', type=str, default='', help='Comma-separated models to keep (default: all).')
+    parser.add_argument('--datasets', type=str, default='', help='Comma-separated datasets to keep (default: all).')
+    return parser
+
+
+def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_select_args(parser)
+    parser.add_argument('--out', type=str, default='docs/results_table.md', help='Markdown table to write.')
+    parser.add_argument('--latex', type=str, default='', help='Also write the table as LaTeX to this file.')
+    parser.add_argument('--metrics', type=str, default='HR@5,HR@10,NDCG@5,NDCG@10',
+                        help='Test metrics (columns), as in the paper\'s Table 3.')
+    parser.add_argument('--digits', type=int, default=4, help='Decimals of the table cells.')
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog='exp.py', description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest='command')
+    add_run_args(sub.add_parser('run', help='Run a grid of main.py runs into a CSV (resumable).'))
+    add_select_args(sub.add_parser('select', help='Best configuration per model by mean dev metric over seeds.'))
+    select = sub._name_parser_map['select']
+    select.add_argument('--out', type=str, default='', help='Also write the selection as CSV.')
+    select.add_argument('--commands_out', type=str, default='',
+                        help='Write the selected configurations as a command file (rerun them with more seeds).')
+    add_report_args(sub.add_parser('report', help='Table-3-style markdown/LaTeX of test metrics with t-tests.'))
+    docs = sub.add_parser('arg-docs', help='Regenerate docs/arguments.md from the parsers.')
+    docs.add_argument('--out', type=str, default='', help='Output file (default: <repo>/docs/arguments.md).')
+    docs.add_argument('--check', type=int, default=0, help='Only check that the file is up to date (exit 1 if not).')
+    return parser
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    commands = []
+    for path in args.commands:
+        commands += ex.read_command_file(path)
+    if args.commands and not commands:
+        print(f'error: no runs in {args.commands}', file=sys.stderr)
+        return 2
+    specs = ex.build_specs(commands or None, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),
+                           n_seeds=args.n_seeds, seed0=args.seed0)
+    if args.dry_run:
+        done = set()
+        if os.path.exists(args.out):
+            df = ex.read_results(args.out)
+            done = set(df.loc[df['status'] == 'ok', 'run_id'])
+        for spec in specs:
+            state = 'done' if spec.run_id in done else ('invalid: ' + spec.error if spec.error else 'to run')
+            print(f'{spec.run_id}\t{state}\t{shlex.join(spec.argv)}')
+        print(f'{len(specs)} runs, {sum(s.run_id in done for s in specs)} done')
+        return 0
+    counts = ex.run_specs(specs, args.out, jobs=args.jobs, work_dir=args.work_dir or None,
+                          log_dir=args.log_dir or None, model_dir=args.model_dir or None,
+                          timeout=args.timeout or None, gpus=[g for g in args.gpus.split(',') if g] or None,
+                          retry_failed=bool(args.retry_failed))
+    print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {args.out}')
+    return 1 if counts['failed'] else 0
+
+
+def _selection(args: argparse.Namespace):
+    df = ex.read_results(args.csv)
+    rows = ex.filter_rows(df, args.where, bool(args.keep_variants),
+                          models=[m for m in args.models.split(',') if m] or None,
+                          datasets=[d for d in args.datasets.split(',') if d] or None)
+    return rows, ex.select_best(rows, args.by, args.min_seeds)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    _, best = _selection(args)
+    if best.empty:
+        print(f'No finished runs in {args.csv} match (min_seeds={args.min_seeds}).', file=sys.stderr)
+        return 1
+    from utils.reports import markdown_table, model_order
+    rank = {m: i for i, m in enumerate(model_order(best['model']))}
+    best = best.assign(_rank=best['model'].map(rank)).sort_values(['dataset', '_rank'], kind='stable').drop(
+        columns='_rank').reset_index(drop=True)
+    columns = ['model', 'dataset', 'n_seeds', f'{args.by}_mean', f'{args.by}_std', 'config']
+    table = best[columns].copy()
+    table['config'] = [ex.short_config(c) for c in table['config']]
+    print(markdown_table(table, floatfmt='.4f'))
+    if args.out:
+        best.to_csv(args.out, index=False)
+        print(f'Selection written to {args.out}')
+    if args.commands_out:
+        with open(args.commands_out, 'w') as f:
+            f.write(f'# best configurations of {args.csv} by mean {args.by} over seeds\n')
+            for config in best['config']:
+                f.write('python src/main.py ' + shlex.join(ex.config_args(config)) + '\n')
+        print(f'Command file written to {args.commands_out}')
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from utils import reports
+    rows, best = _selection(args)
+    if best.empty:
+        print(f'No finished runs in {args.csv} match (min_seeds={args.min_seeds}).', file=sys.stderr)
+        return 1
+    metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
+    table = reports.build_table(rows, best, metrics, args.by)
+    markdown = reports.render_markdown(table, metrics, digits=args.digits, by=args.by, source=args.csv)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, 'w') as f:
+        f.write(markdown)
+    print(markdown)
+    print(f'Markdown table written to {args.out}')
+    if args.latex:
+        os.makedirs(os.path.dirname(os.path.abspath(args.latex)), exist_ok=True)
+        with open(args.latex, 'w') as f:
+            f.write(reports.render_latex(table, metrics, digits=args.digits))
+        print(f'LaTeX table written to {args.latex}')
+    return 0
+
+
+def cmd_arg_docs(args: argparse.Namespace) -> int:
+    from utils import arg_docs
+    out = args.out or str(arg_docs.DEFAULT_PATH)
+    text = arg_docs.render()
+    if args.check:
+        current = open(out).read() if os.path.exists(out) else ''
+        if current != text:
+            print(f'{out} is out of date: regenerate it with python src/exp.py arg-docs', file=sys.stderr)
+            return 1
+        print(f'{out} is up to date')
+        return 0
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, 'w') as f:
+        f.write(text)
+    print(f'Arguments reference written to {out}')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ('-h', '--help')):
+        argv = ['run'] + argv
+    args = build_parser().parse_args(argv)
+    try:
+        return {'run': cmd_run, 'select': cmd_select, 'report': cmd_report, 'arg-docs': cmd_arg_docs}[args.command](args)
+    except (ex.SpecError, ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

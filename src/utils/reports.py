@@ -1,0 +1,236 @@
+"""Tables of results: Table-3-style mean ± std over seeds, relative improvement and paired t-tests.
+
+The paired t-test compares an LRD model with its backbone seed by seed (``scipy.stats.ttest_rel``, two-sided),
+on the seeds both selected configurations have; † marks p ≤ 0.05 and ‡ p ≤ 0.01, as in the paper.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from utils.experiments import short_config
+
+PAPER_ORDER = ['Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD']
+DAGGER, DOUBLE_DAGGER = '†', '‡'
+
+
+# --------------------------------------------------------------------------- statistics
+
+def paired_ttest(a: dict, b: dict) -> tuple[float, float, int]:
+    """Paired t-test of ``b`` vs ``a`` (dicts seed → value) on their common seeds: ``(t, p, n)``.
+
+    ``t`` > 0 when ``b`` is larger. Fewer than 2 common seeds, or ``a == b`` on every seed, give ``p = nan``
+    (no test possible).
+    """
+    seeds = sorted(set(a) & set(b))
+    n = len(seeds)
+    if n < 2:
+        return float('nan'), float('nan'), n
+    x = np.array([a[s] for s in seeds], dtype=float)
+    y = np.array([b[s] for s in seeds], dtype=float)
+    d = y - x
+    if not np.any(d):
+        return float('nan'), float('nan'), n  # identical results: nothing to test
+    result = stats.ttest_rel(y, x)
+    return float(result.statistic), float(result.pvalue), n
+
+
+def significance_mark(p: float) -> str:
+    """‡ for p ≤ 0.01, † for p ≤ 0.05, '' otherwise (and for nan)."""
+    if p is None or not np.isfinite(p):
+        return ''
+    if p <= 0.01:
+        return DOUBLE_DAGGER
+    if p <= 0.05:
+        return DAGGER
+    return ''
+
+
+def relative_improvement(new: float, old: float) -> float:
+    return (new - old) / old if old else float('nan')
+
+
+# --------------------------------------------------------------------------- table data
+
+@dataclass
+class Entry:
+    dataset: str
+    model: str
+    config: str
+    seeds: list[int]
+    values: dict[str, dict[int, float]]          # metric → seed → test value
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    dev: float = float('nan')                    # mean of the selection metric
+    baseline: str = ''                           # for X_LRD: the model X it is compared with
+    improv: dict[str, float] = field(default_factory=dict)
+    t: dict[str, float] = field(default_factory=dict)
+    p: dict[str, float] = field(default_factory=dict)
+    n_pairs: int = 0
+
+
+def model_order(models) -> list[str]:
+    """The paper's order, others alphabetically after; an X_LRD always right after its X."""
+    models = list(dict.fromkeys(models))
+    known = [m for m in PAPER_ORDER if m in models]
+    rest = sorted(m for m in models if m not in PAPER_ORDER)
+    ordered = []
+    for m in known + rest:
+        if m in ordered:
+            continue
+        if m.endswith('_LRD') and m[:-4] in models and m[:-4] not in ordered:
+            continue  # placed after its backbone
+        ordered.append(m)
+        if f'{m}_LRD' in models and f'{m}_LRD' not in ordered:
+            ordered.append(f'{m}_LRD')
+    return ordered
+
+
+def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: str = 'dev_NDCG@5') -> list[Entry]:
+    """Entries (dataset by dataset, models in :func:`model_order`) of the selected configurations' test metrics."""
+    for metric in metrics:
+        if f'test_{metric}' not in rows.columns:
+            raise ValueError(f'no column test_{metric} in the results')
+    entries = []
+    for dataset in dict.fromkeys(best['dataset']):
+        chosen = best[best['dataset'] == dataset].set_index('model')
+        for model in model_order(chosen.index):
+            config = chosen.loc[model, 'config']
+            runs = rows[(rows['model'] == model) & (rows['dataset'] == dataset) & (rows['config'] == config)]
+            seeds = sorted(int(s) for s in runs['seed'])
+            values = {m: {int(s): float(v) for s, v in zip(runs['seed'], runs[f'test_{m}'])} for m in metrics}
+            entry = Entry(dataset, model, config, seeds, values,
+                          dev=float(chosen.loc[model, f'{by}_mean']) if f'{by}_mean' in chosen.columns else float('nan'))
+            for m in metrics:
+                v = np.array(list(values[m].values()), dtype=float)
+                entry.mean[m] = float(v.mean())
+                entry.std[m] = float(v.std(ddof=1)) if len(v) > 1 else 0.0
+            entries.append(entry)
+        by_model = {e.model: e for e in entries if e.dataset == dataset}
+        for entry in by_model.values():
+            if entry.model.endswith('_LRD') and entry.model[:-4] in by_model:
+                base = by_model[entry.model[:-4]]
+                entry.baseline = base.model
+                for m in metrics:
+                    entry.improv[m] = relative_improvement(entry.mean[m], base.mean[m])
+                    entry.t[m], entry.p[m], entry.n_pairs = paired_ttest(base.values[m], entry.values[m])
+    return entries
+
+
+# --------------------------------------------------------------------------- rendering
+
+def _fmt(value: float, digits: int) -> str:
+    return 'n/a' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
+
+
+def _fmt_p(p: float) -> str:
+    if p is None or not np.isfinite(p):
+        return 'n/a'
+    return f'{p:.2g}' if p < 0.001 else f'{p:.3f}'
+
+
+def markdown_table(df: pd.DataFrame, floatfmt: str = '.4f') -> str:
+    """A DataFrame as a GitHub markdown table ('|' in cells escaped)."""
+    def cell(v):
+        if isinstance(v, float):
+            return '' if math.isnan(v) else format(v, floatfmt)
+        return str(v).replace('|', '\\|').replace('\n', ' ')
+    lines = ['| ' + ' | '.join(str(c) for c in df.columns) + ' |',
+             '|' + '|'.join('---' for _ in df.columns) + '|']
+    lines += ['| ' + ' | '.join(cell(v) for v in row) + ' |' for row in df.itertuples(index=False)]
+    return '\n'.join(lines) + '\n'
+
+
+def _best_means(entries: list[Entry], metrics: list[str]) -> dict[tuple[str, str], float]:
+    best = {}
+    for e in entries:
+        for m in metrics:
+            key = (e.dataset, m)
+            best[key] = max(best.get(key, -np.inf), e.mean[m])
+    return best
+
+
+def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
+                    source: str = '') -> str:
+    """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
+    "Improv." row under each X_LRD with the relative improvement over X and the paired t-test p-value."""
+    best = _best_means(entries, metrics)
+    out = ['# Overall performance (test set)', '',
+           f'Source: `{source}`. Each model\'s configuration is the one with the best mean {by} over seeds; '
+           'cells are mean ± std of the test metric over that configuration\'s seeds. '
+           f'"Improv." is the relative improvement of X_LRD over X; p is a two-sided paired t-test over '
+           f'common seeds (scipy.stats.ttest_rel); {DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
+           'Bold: best mean per column.', '']
+    for dataset in dict.fromkeys(e.dataset for e in entries):
+        out += [f'## {dataset}', '', '| Model | ' + ' | '.join(metrics) + ' | seeds |',
+                '|---|' + '---:|' * len(metrics) + '---:|']
+        for e in (x for x in entries if x.dataset == dataset):
+            cells = []
+            for m in metrics:
+                text = f'{_fmt(e.mean[m], digits)} ± {_fmt(e.std[m], digits)}'
+                if np.isclose(e.mean[m], best[(dataset, m)]):
+                    text = f'**{text}**'
+                cells.append(text + significance_mark(e.p.get(m, float('nan'))))
+            out.append(f'| {e.model} | ' + ' | '.join(cells) + f' | {len(e.seeds)} |')
+            if e.baseline:
+                cells = [f'{e.improv[m]:+.2%} (p={_fmt_p(e.p[m])}){significance_mark(e.p[m])}' for m in metrics]
+                out.append(f'| Improv. vs {e.baseline} | ' + ' | '.join(cells) + f' | {e.n_pairs} paired |')
+        out.append('')
+    out += ['## Selected configurations', '',
+            '| Dataset | Model | seeds | ' + f'{by} (mean) | arguments (non-default) |', '|---|---|---|---:|---|']
+    for e in entries:
+        out.append(f'| {e.dataset} | {e.model} | {",".join(map(str, e.seeds))} | {_fmt(e.dev, digits)} | '
+                   f'{short_config(e.config)} |')
+    return '\n'.join(out) + '\n'
+
+
+def _latex_model(name: str) -> str:
+    if name.endswith('_LRD'):
+        return name[:-4].replace('_', r'\_') + r'$_{\mathrm{LRD}}$'
+    return name.replace('_', r'\_')
+
+
+def render_latex(entries: list[Entry], metrics: list[str], digits: int = 4) -> str:
+    """A booktabs table with the datasets as column groups (the paper's Table 3 layout)."""
+    datasets = list(dict.fromkeys(e.dataset for e in entries))
+    best = _best_means(entries, metrics)
+    short = {m: m.replace('NDCG', 'N').replace('HR', 'H') for m in metrics}
+    marks = {DAGGER: r'$^{\dagger}$', DOUBLE_DAGGER: r'$^{\ddagger}$', '': ''}
+    lines = [r'\begin{table*}[t]', r'\centering',
+             r'\caption{Overall performance (test set, mean $\pm$ std over seeds). Improv.: relative improvement '
+             r'of the LRD model over its backbone; $^{\dagger}$/$^{\ddagger}$: $p \le 0.05$/$p \le 0.01$ in a '
+             r'paired t-test over seeds.}',
+             r'\begin{tabular}{l' + ('c' * len(metrics)) * len(datasets) + '}', r'\toprule',
+             'Datasets & ' + ' & '.join(rf'\multicolumn{{{len(metrics)}}}{{c}}{{{d}}}' for d in datasets) + r' \\',
+             ''.join(rf'\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}'
+                     for i in range(len(datasets))),
+             'Metrics & ' + ' & '.join(short[m] for _ in datasets for m in metrics) + r' \\', r'\midrule']
+    models = model_order(e.model for e in entries)
+    lookup = {(e.dataset, e.model): e for e in entries}
+    for model in models:
+        cells, improv, has_base = [], [], False
+        for d in datasets:
+            e = lookup.get((d, model))
+            for m in metrics:
+                if e is None:
+                    cells.append('--')
+                    improv.append('')
+                    continue
+                text = f'{e.mean[m]:.{digits}f}' + r'{\scriptsize$\pm$' + f'{e.std[m]:.{digits}f}' + '}'
+                if np.isclose(e.mean[m], best[(d, m)]):
+                    text = r'\textbf{' + text + '}'
+                cells.append(text + marks[significance_mark(e.p.get(m, float('nan')))])
+                if e.baseline:
+                    has_base = True
+                    improv.append(f'{e.improv[m] * 100:+.2f}\\%')
+                else:
+                    improv.append('')
+        lines.append(_latex_model(model) + ' & ' + ' & '.join(cells) + r' \\')
+        if has_base:
+            lines.append('Improv. & ' + ' & '.join(improv) + r' \\')
+    lines += [r'\bottomrule', r'\end{tabular}', r'\end{table*}']
+    return '\n'.join(lines) + '\n'

@@ -1,0 +1,377 @@
+"""exp.py: command files, grids, run keys, the results CSV, resume, failures, selection, Table-3 reports."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / 'src'))
+
+import exp  # noqa: E402
+from tiny_data import make_tiny_dataset  # noqa: E402
+from utils import arg_docs, corpus_cache, reports  # noqa: E402
+from utils import experiments as ex  # noqa: E402
+
+METRICS = [f'{m}@{k}' for k in (5, 10, 20, 50) for m in ('HR', 'NDCG')]
+
+# A stand-in for the child process: records its arguments, writes metrics that depend on lr, lamda and the
+# seed, and crashes like a Python traceback for --optimizer Crash.
+FAKE_CHILD = r'''
+import json, os, sys, time
+result, argv = sys.argv[1], sys.argv[2:]
+with open(os.environ['FAKE_CHILD_LOG'], 'a') as f:
+    f.write(json.dumps({'argv': argv, 'omp': os.environ.get('OMP_NUM_THREADS'),
+                        'cuda': os.environ.get('CUDA_VISIBLE_DEVICES')}) + '\n')
+args = dict(zip(argv[::2], argv[1::2]))
+if args.get('--optimizer') == 'Crash':
+    print('Epoch 1 :   0%|     | 0/3\r', file=sys.stderr)
+    print('Traceback (most recent call last):\n  File "main.py", line 1\nValueError: unknown optimizer Crash',
+          file=sys.stderr)
+    sys.exit(1)
+if args.get('--optimizer') == 'Sleep':
+    time.sleep(60)
+base = float(args.get('--lr', 1e-3)) * 10 + float(args.get('--lamda', 1)) / 100 + int(args['--random_seed']) / 1000
+metrics = {f'{m}@{k}': base + k / 1000 + (0.001 if m == 'HR' else 0) for k in (5, 10, 20, 50) for m in ('NDCG', 'HR')}
+with open(result, 'w') as f:
+    json.dump({'dev': metrics, 'test': {k: v + 0.0001 for k, v in metrics.items()}, 'best_epoch': 3}, f)
+'''
+
+
+@pytest.fixture
+def fake_child(tmp_path, monkeypatch):
+    script = tmp_path / 'fake_child.py'
+    script.write_text(FAKE_CHILD)
+    log = tmp_path / 'calls.jsonl'
+    monkeypatch.setenv('FAKE_CHILD_LOG', str(log))
+
+    def calls(key: str = 'argv') -> list:
+        return [json.loads(line)[key] for line in log.read_text().splitlines()] if log.exists() else []
+    return [sys.executable, str(script)], calls
+
+
+def run_quiet(specs, out, child, tmp_path, **kw):
+    return ex.run_specs(specs, out, child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log',
+                        model_dir=tmp_path / 'model', echo=lambda *a: None, poll_s=0.02, **kw)
+
+
+# --------------------------------------------------------------------------- command files and grids
+
+def test_command_file_lines(tmp_path):
+    path = tmp_path / 'run.sh'
+    path.write_text('# Office, ReChorus style\n'
+                    'python main.py --model_name SASRec --dataset Office --lr 1e-3  # tuned\n'
+                    '\n'
+                    'CUDA_VISIBLE_DEVICES=1 python3 -u src/main.py --model_name KDA \\\n'
+                    '    --dataset "Office" --l2 1e-6 &\n'
+                    '--model_name Caser --emb_size 64\n'
+                    '   # indented comment\n')
+    assert ex.read_command_file(path) == [
+        ['--model_name', 'SASRec', '--dataset', 'Office', '--lr', '1e-3'],
+        ['--model_name', 'KDA', '--dataset', 'Office', '--l2', '1e-6'],
+        ['--model_name', 'Caser', '--emb_size', '64']]
+    with pytest.raises(ex.SpecError, match='line 1'):
+        bad = tmp_path / 'bad.sh'
+        bad.write_text('cd src && python main.py\n')
+        ex.read_command_file(bad)
+
+
+def test_grid_expansion_order_and_errors():
+    grid = ex.parse_grid('lr=1e-3,1e-4 --lamda=0.1,1,5')
+    assert grid == [('lr', ['1e-3', '1e-4']), ('lamda', ['0.1', '1', '5'])]
+    points = ex.expand_grid(grid)
+    assert len(points) == 6
+    assert points[0] == ['--lr', '1e-3', '--lamda', '0.1']
+    assert points[1] == ['--lr', '1e-3', '--lamda', '1']  # the first name varies slowest
+    assert points[-1] == ['--lr', '1e-4', '--lamda', '5']
+    assert ex.expand_grid(ex.parse_grid(['lr=1', 'l2=0,1e-6'])) == [['--lr', '1', '--l2', '0'], ['--lr', '1', '--l2', '1e-6']]
+    assert ex.expand_grid([]) == [[]]
+    for bad in ('lr', 'lr=', 'lr=1,,2', 'lr=1 lr=2', '1x=3'):
+        with pytest.raises(ex.SpecError):
+            ex.parse_grid(bad)
+
+
+def test_specs_normalise_keys_seeds_and_precedence():
+    base = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--lr', '1e-2']
+    specs = ex.build_specs([['--lr', '0.001'], ['--lr', '1e-3', '--gpu', '1'], ['--include_kge', '0']], base=base,
+                           grid=ex.parse_grid('lamda=1,5'), n_seeds=2, seed0=3)
+    # lines 1 and 2 are the same run (--lr 0.001 == 1e-3, --gpu does not count); line 3 keeps the base lr
+    assert len(specs) == 2 * 2 * 2
+    assert [s.seed for s in specs[:2]] == [3, 4]
+    first = specs[0]
+    assert first.config == {'model_name': 'KDA_LRD', 'dataset': 'Office'}  # lr 1e-3 and lamda 1 are defaults
+    assert first.argv[-2:] == ['--random_seed', '3'] and first.args['random_seed'] == 3
+    assert first.args['lr'] == 0.001 and first.args['lamda'] == 1.0
+    kge = [s for s in specs if s.config.get('include_kge') == 0]
+    assert len(kge) == 4 and all(s.config['lr'] == 0.01 for s in kge)
+    assert len({s.run_id for s in specs}) == len(specs)
+    assert len({s.config_key for s in specs}) == 4  # seeds share a config
+    assert all(s.run_name.startswith(f'KDA_LRD__Office__{s.seed}__') for s in specs)
+    # the stored config reruns as the same key
+    again = ex.build_specs([ex.config_args(kge[0].config_key)], n_seeds=1, seed0=kge[0].seed)
+    assert again[0].run_id == kge[0].run_id
+
+
+def test_unparseable_arguments_give_an_error_not_an_exception():
+    spec, = ex.build_specs([['--model_name', 'NoSuchModel', '--dataset', 'Office']])
+    assert 'NoSuchModel' in spec.error and spec.model == 'NoSuchModel' and spec.args == {}
+    spec, = ex.build_specs([['--model_name', 'SASRec', '--no_such_arg', '3']])
+    assert 'no_such_arg' in spec.error
+
+
+# --------------------------------------------------------------------------- statistics and marks
+
+def test_paired_ttest_matches_scipy_and_hand_computation():
+    kda = {0: 0.3127, 1: 0.3101, 2: 0.3150, 3: 0.3098, 4: 0.3133}
+    lrd = {0: 0.3403, 1: 0.3350, 2: 0.3390, 3: 0.3377, 4: 0.3366, 9: 0.5}  # seed 9 has no partner
+    t, p, n = reports.paired_ttest(kda, lrd)
+    x = np.array([kda[s] for s in range(5)])
+    y = np.array([lrd[s] for s in range(5)])
+    d = y - x
+    t_hand = d.mean() / (d.std(ddof=1) / math.sqrt(5))
+    assert n == 5
+    assert t == pytest.approx(t_hand, rel=1e-10)
+    ref = stats.ttest_rel(y, x)
+    assert t == pytest.approx(ref.statistic) and p == pytest.approx(ref.pvalue)
+    assert p == pytest.approx(2 * stats.t.sf(abs(t_hand), df=4), rel=1e-10)
+    assert math.isnan(reports.paired_ttest({0: 1.0}, {0: 2.0})[1])  # one pair: no test
+    assert math.isnan(reports.paired_ttest({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})[1])  # identical: no test
+
+
+def test_significance_marks():
+    assert reports.significance_mark(0.0001) == '‡'
+    assert reports.significance_mark(0.01) == '‡'
+    assert reports.significance_mark(0.0100001) == '†'
+    assert reports.significance_mark(0.05) == '†'
+    assert reports.significance_mark(0.051) == ''
+    assert reports.significance_mark(float('nan')) == ''
+
+
+# --------------------------------------------------------------------------- running: schema, resume, failures
+
+def test_csv_schema_one_row_per_run(tmp_path, fake_child, monkeypatch):
+    child, calls = fake_child
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    monkeypatch.delenv('CUDA_VISIBLE_DEVICES', raising=False)
+    out = tmp_path / 'results.csv'
+    specs = ex.build_specs(None, base=['--model_name', 'KDA_LRD', '--dataset', 'Office'],
+                           grid=ex.parse_grid('lamda=1,5'), n_seeds=2)
+    counts = run_quiet(specs, out, child, tmp_path, jobs=2, gpus=['3', '5'])
+    assert counts == {'ok': 4, 'failed': 0, 'skipped': 0}
+    df = pd.read_csv(out)
+    assert list(df.columns[:len(ex.FIXED_COLUMNS)]) == ex.FIXED_COLUMNS
+    metric_columns = [f'{split}_{m}' for split in ('dev', 'test') for m in
+                      ['HR@5', 'NDCG@5', 'HR@10', 'NDCG@10', 'HR@20', 'NDCG@20', 'HR@50', 'NDCG@50']]
+    assert list(df.columns[len(ex.FIXED_COLUMNS):len(ex.FIXED_COLUMNS) + 16]) == metric_columns
+    args = list(df.columns[len(ex.FIXED_COLUMNS) + 16:])
+    assert args == sorted(args)
+    for name in ('lr', 'l2', 'lamda', 'latent_relation_num', 'include_kge', 'lrd_feature', 'emb_size', 'history_max'):
+        assert name in args
+    assert not {'model_name', 'random_seed'} & set(args)
+    assert len(df) == 4 and set(df['status']) == {'ok'} and df['run_id'].is_unique
+    assert sorted(df['seed']) == [0, 0, 1, 1] and set(df['model']) == {'KDA_LRD'} and set(df['dataset']) == {'Office'}
+    assert sorted(df['lamda']) == [1.0, 1.0, 5.0, 5.0]
+    assert (df['best_epoch'] == 3).all() and (df['wall_s'] >= 0).all()
+    row = df[(df['lamda'] == 5.0) & (df['seed'] == 1)].iloc[0]
+    assert row['dev_NDCG@5'] == pytest.approx(0.001 * 10 + 0.05 + 0.001 + 0.005)
+    assert row['test_HR@10'] == pytest.approx(0.01 + 0.05 + 0.001 + 0.010 + 0.001 + 0.0001)
+    # each child got its own log file and checkpoint under its run id
+    run_ids = {s.run_id for s in specs}
+    for argv in calls():
+        model_path, log_file = argv[argv.index('--model_path') + 1], argv[argv.index('--log_file') + 1]
+        assert Path(model_path).parent.name in run_ids and Path(log_file).parent.name == Path(model_path).parent.name
+    assert len({a[a.index('--model_path') + 1] for a in calls()}) == 4
+    # threads split between the jobs, one GPU per job slot
+    assert set(calls('omp')) == {str(ex.default_threads(2))}
+    assert set(calls('cuda')) <= {'3', '5'} and len(set(calls('cuda'))) == 2
+
+
+def test_resume_skips_finished_runs_and_retries_failed(tmp_path, fake_child):
+    child, calls = fake_child
+    out = tmp_path / 'results.csv'
+    base = ['--model_name', 'SASRec', '--dataset', 'Office']
+    first = ex.build_specs(None, base=base, grid=ex.parse_grid('lr=1e-3,1e-2'), n_seeds=2)
+    run_quiet(first, out, child, tmp_path)
+    assert len(calls()) == 4
+    before = pd.read_csv(out)
+    # mark one finished run as failed in the CSV, as an interrupted/crashed grid would leave it
+    failed_id = first[1].run_id
+    edited = before.copy()
+    edited.loc[edited['run_id'] == failed_id, 'status'] = 'failed'
+    edited.to_csv(out, index=False)
+    # the grid grows by one lr value and one seed: 3 x 3 = 9 runs, 3 finished ok already
+    grown = ex.build_specs(None, base=base, grid=ex.parse_grid('lr=0.001,1e-2,1e-4'), n_seeds=3)
+    counts = run_quiet(grown, out, child, tmp_path)
+    assert counts == {'ok': 6, 'failed': 0, 'skipped': 3}
+    new_calls = calls()[4:]
+    assert len(new_calls) == 6
+    seeds_lrs = {(a[a.index('--random_seed') + 1], a[a.index('--lr') + 1]) for a in new_calls}
+    assert ('1', '1e-3') in seeds_lrs or ('1', '0.001') in seeds_lrs  # the failed one was retried
+    assert ('0', '0.001') not in seeds_lrs and ('0', '1e-2') not in seeds_lrs
+    after = pd.read_csv(out)
+    assert len(after) == 9 and after['run_id'].is_unique and set(after['status']) == {'ok'}
+    # a third identical call runs nothing
+    assert run_quiet(grown, out, child, tmp_path) == {'ok': 0, 'failed': 0, 'skipped': 9}
+    assert len(calls()) == 10
+
+
+def test_failures_are_recorded_and_the_grid_continues(tmp_path, fake_child):
+    child, calls = fake_child
+    out = tmp_path / 'results.csv'
+    specs = ex.build_specs([['--model_name', 'NoSuchModel', '--dataset', 'Office'],
+                            ['--model_name', 'SASRec', '--dataset', 'Office', '--optimizer', 'Crash'],
+                            ['--model_name', 'SASRec', '--dataset', 'Office'],
+                            ['--model_name', 'GRU4Rec', '--dataset', 'Office']])
+    counts = run_quiet(specs, out, child, tmp_path, jobs=2)
+    assert counts == {'ok': 2, 'failed': 2, 'skipped': 0}
+    assert len(calls()) == 3  # the unknown model never starts a child
+    df = pd.read_csv(out, keep_default_na=False)
+    unknown = df[df['model'] == 'NoSuchModel'].iloc[0]
+    assert unknown['status'] == 'failed' and 'NoSuchModel' in unknown['error']
+    crash = df[(df['model'] == 'SASRec') & (df['optimizer'] == 'Crash')].iloc[0]
+    assert crash['status'] == 'failed'
+    assert crash['error'].splitlines()[-1] == 'ValueError: unknown optimizer Crash'
+    assert 'Traceback' in crash['error'] and '\r' not in crash['error']
+    assert crash['dev_NDCG@5'] == '' and crash['wall_s'] != ''
+    assert set(df.loc[df['error'] == '', 'status']) == {'ok'} and len(df) == 4
+
+
+def test_timeout_kills_and_records(tmp_path, fake_child):
+    child, calls = fake_child
+    specs = ex.build_specs([['--model_name', 'SASRec', '--optimizer', 'Sleep'], ['--model_name', 'SASRec']])
+    counts = run_quiet(specs, tmp_path / 'r.csv', child, tmp_path, jobs=2, timeout=1.5)
+    assert counts == {'ok': 1, 'failed': 1, 'skipped': 0}
+    df = pd.read_csv(tmp_path / 'r.csv', keep_default_na=False)
+    slow = df[df['optimizer'] == 'Sleep'].iloc[0]
+    assert slow['status'] == 'failed' and slow['error'].startswith('timed out after 1.5 s') and slow['wall_s'] < 30
+
+
+@pytest.fixture
+def tiny_outside_repo(tmp_path):
+    """Tiny data outside the repository; real children cache its corpus under <repo>/cache/, removed afterwards."""
+    name = 'TinyExpTest'
+    folder = make_tiny_dataset(tmp_path / 'data', name=name, n_users=20, n_items=30, n_neg=10)
+    yield name
+    cache = Path(corpus_cache.cache_dir(str(folder), name))
+    if REPO / 'cache' in cache.parents:
+        shutil.rmtree(cache, ignore_errors=True)
+
+
+def test_real_children_ok_and_crash(tmp_path, tiny_outside_repo, monkeypatch):
+    """Two real main.py children at once: one trains an epoch, one crashes; both end up in the CSV."""
+    monkeypatch.delenv('OMP_NUM_THREADS', raising=False)
+    name = tiny_outside_repo
+    commands = tmp_path / 'run.sh'
+    common = f"--dataset {name} --path {tmp_path / 'data'} --epoch 1 --gpu '' --batch_size 64 --emb_size 8 --topk 5,10"
+    commands.write_text(f'python src/main.py --model_name SASRec {common}\n'
+                        f'python src/main.py --model_name SASRec {common} --optimizer NoSuchOptimizer\n')
+    out = tmp_path / 'results.csv'
+    code = exp.main(['run', '--commands', str(commands), '--jobs', '2', '--out', str(out),
+                     '--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')])
+    assert code == 1  # some run failed
+    df = pd.read_csv(out, keep_default_na=False)
+    ok = df[df['status'] == 'ok'].iloc[0]
+    failed = df[df['status'] == 'failed'].iloc[0]
+    assert ok['optimizer'] == 'Adam' and failed['optimizer'] == 'NoSuchOptimizer'
+    assert 'NoSuchOptimizer' in failed['error'].splitlines()[-1]
+    assert 0 <= float(ok['test_NDCG@5']) <= 1 and int(ok['best_epoch']) == 1
+    assert {'dev_HR@5', 'dev_NDCG@10', 'test_HR@10'} <= set(df.columns) and 'test_HR@20' not in df.columns
+    assert Path(ok['model_path']).is_file() and Path(ok['log_file']).is_file()
+    result = json.loads((tmp_path / 'results_runs' / f'{ok["run_id"]}.json').read_text())
+    assert result['test']['NDCG@5'] == pytest.approx(float(ok['test_NDCG@5']))
+
+
+# --------------------------------------------------------------------------- selection and reports
+
+def synthetic_results(path: Path) -> pd.DataFrame:
+    """KDA and KDA_LRD, two configs each, three seeds; the dev-best config is not the test-best one."""
+    rows = []
+    rng = np.random.default_rng(0)
+    for model in ('KDA', 'KDA_LRD', 'SASRec'):
+        for lr in (1e-3, 1e-4):
+            for seed in (0, 1, 2):
+                argv = ['--model_name', model, '--dataset', 'Office', '--lr', str(lr), '--random_seed', str(seed)]
+                config, values, run_name, _ = ex.normalise(argv)
+                spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
+                good = lr == 1e-3
+                base = {'KDA': 0.31, 'KDA_LRD': 0.34, 'SASRec': 0.27}[model]
+                dev = base + (0.01 if good else 0) + seed * 0.001
+                test = base + (0.0 if good else 0.02) + rng.normal(0, 0.002)
+                results = {'dev': {m: dev for m in METRICS}, 'test': {m: test + 0.1 * METRICS.index(m) / 10
+                                                                       for m in METRICS}, 'best_epoch': 5}
+                rows.append(ex.result_row(spec, 'ok', results=results, wall_s=1.0))
+    # an ablation variant that would win on dev, and a failed run: neither may be selected
+    argv = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--include_kge', '0', '--random_seed', '0']
+    config, values, run_name, _ = ex.normalise(argv)
+    spec = ex.RunSpec(argv, 0, 'KDA_LRD', 'Office', config, values, '', run_name)
+    rows.append(ex.result_row(spec, 'ok', results={'dev': {m: 0.9 for m in METRICS}, 'test': {m: 0.9 for m in METRICS}}))
+    spec = ex.RunSpec(['--model_name', 'KDA', '--lr', '0.1'], 5, 'KDA', 'Office',
+                      {'model_name': 'KDA', 'dataset': 'Office', 'lr': 0.1}, {}, 'boom', '')
+    rows.append(ex.result_row(spec, 'failed', error='boom'))
+    ex.write_results(path, rows)
+    return ex.read_results(path)
+
+
+def test_select_uses_mean_dev_metric_never_test(tmp_path, capsys):
+    df = synthetic_results(tmp_path / 'r.csv')
+    best = ex.select_best(ex.filter_rows(df), 'dev_NDCG@5')
+    assert sorted(best['model']) == ['KDA', 'KDA_LRD', 'SASRec']
+    assert all(json.loads(c)['model_name'] in ('KDA', 'KDA_LRD', 'SASRec') and 'lr' not in json.loads(c)
+               for c in best['config'])  # lr 1e-3 (default) wins on dev although 1e-4 wins on test
+    row = best[best['model'] == 'KDA'].iloc[0]
+    assert row['n_seeds'] == 3 and row['dev_NDCG@5_mean'] == pytest.approx(0.32 + 0.001)
+    with pytest.raises(ValueError, match='dev metric'):
+        ex.select_best(df, 'test_NDCG@5')
+    # variants are excluded unless asked for
+    with_variants = ex.select_best(ex.filter_rows(df, keep_variants=True), 'dev_NDCG@5')
+    assert json.loads(with_variants[with_variants['model'] == 'KDA_LRD']['config'].iloc[0])['include_kge'] == 0
+    assert ex.select_best(ex.filter_rows(df), 'dev_NDCG@5', min_seeds=4).empty
+    assert exp.main(['select', '--csv', str(tmp_path / 'r.csv'), '--commands_out', str(tmp_path / 'best.sh')]) == 0
+    lines = ex.read_command_file(tmp_path / 'best.sh')
+    assert [line[1] for line in lines] == ['SASRec', 'KDA', 'KDA_LRD']  # the paper's order
+    assert lines[1] == ['--model_name', 'KDA', '--dataset', 'Office']
+    assert exp.main(['select', '--csv', str(tmp_path / 'r.csv'), '--by', 'test_NDCG@5']) == 2
+
+
+def test_report_table(tmp_path):
+    df = synthetic_results(tmp_path / 'r.csv')
+    md, tex = tmp_path / 'table.md', tmp_path / 'table.tex'
+    assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md), '--latex', str(tex)]) == 0
+    text = md.read_text()
+    lines = text.splitlines()
+    rows = [line for line in lines if line.startswith('| ')]
+    names = [line.split('|')[1].strip() for line in rows]
+    assert names[1:5] == ['SASRec', 'KDA', 'KDA_LRD', 'Improv. vs KDA']  # paper order, Improv. under X_LRD
+    ok = df[(df['status'] == 'ok') & df['include_kge'].isin([1.0]) & df['lr'].eq(0.001)]
+    kda = ok[ok['model'] == 'KDA'].set_index('seed')['test_NDCG@5']
+    lrd = ok[ok['model'] == 'KDA_LRD'].set_index('seed')['test_NDCG@5']
+    cells = rows[3].split('|')
+    assert f'{lrd.mean():.4f} ± {lrd.std(ddof=1):.4f}' in cells[4]  # NDCG@5 is the third metric column
+    ref = stats.ttest_rel(lrd.sort_index(), kda.sort_index())
+    improv = rows[4].split('|')[4]
+    assert f'{(lrd.mean() - kda.mean()) / kda.mean():+.2%}' in improv
+    mark = '‡' if ref.pvalue <= 0.01 else '†' if ref.pvalue <= 0.05 else ''
+    assert mark and improv.strip().endswith(mark) and cells[4].strip().endswith(mark)
+    assert '**' in cells[4]  # the best NDCG@5
+    assert '0.9000' not in text  # the ablation variant is not in the table
+    assert r'KDA$_{\mathrm{LRD}}$' in tex.read_text() and r'\textbf' in tex.read_text()
+
+
+# --------------------------------------------------------------------------- arguments reference
+
+def test_arguments_reference_is_generated_and_current():
+    text = arg_docs.render()
+    for model in ('Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD'):
+        assert f'## Model {model}' in text
+    for arg in ('--lamda', '--latent_relation_num', '--include_kge', '--lrd_feature', '--plm_name', '--lr',
+                '--history_max', '--n_seeds', '--baseline_path'):
+        assert f'`{arg}`' in text
+    current = (REPO / 'docs' / 'arguments.md').read_text()
+    assert current == text, 'docs/arguments.md is stale: regenerate it with python src/exp.py arg-docs'
