@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import logging
 import os
 import sys
@@ -21,6 +22,8 @@ from utils import registry  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
 from utils.metrics import format_metrics  # noqa: E402
 from utils.runtime import REPO_DIR, check_dir, init_seed, pick_device  # noqa: E402
+
+MAX_RUN_NAME = 160  # file systems allow 255 bytes; leave room for suffixes like '.txt'
 
 
 def parse_global_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -61,11 +64,18 @@ def build_parser(argv: list[str] | None):
 
 
 def run_name(args: argparse.Namespace, model_cls) -> str:
-    """ReChorus' run name: model, dataset, seed, lr, l2 and the model's ``extra_log_args``."""
+    """ReChorus' run name: model, dataset, seed, lr, l2 and the model's ``extra_log_args``.
+
+    Names that would not fit a file name are cut and end in a hash of the full name, so runs that
+    differ only in their last arguments still get different files.
+    """
     log_args = [args.model_name + args.model_mode, args.dataset, str(args.random_seed)]
     for arg in ['lr', 'l2'] + list(model_cls.extra_log_args):
         log_args.append(f'{arg}={getattr(args, arg)}')
-    return '__'.join(log_args).replace(' ', '__')
+    name = '__'.join(log_args).replace(' ', '__').replace(os.sep, '_')
+    if len(name) > MAX_RUN_NAME:
+        name = name[:MAX_RUN_NAME - 10] + '__' + hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name
 
 
 def setup_logging(args: argparse.Namespace) -> None:

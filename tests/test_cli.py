@@ -3,6 +3,7 @@ src/, run names, and the early-stopping rule."""
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -126,10 +127,15 @@ def test_model_only_arguments_are_rejected_for_other_models():
 
 def test_run_name():
     args = parse('--model_name', 'KDA_LRD', '--dataset', 'Office', '--random_seed', '3', '--lr', '0.01')
+    full = ('KDA_LRD__Office__3__lr=0.01__l2=0__emb_size=64__num_layers=1__num_heads=1__gamma=-1__'
+            'include_val=1__freq_rand=0__latent_relation_num=8__lamda=1.0__alpha=0.1__lrd_loss=paper__'
+            'entropy_sign=paper__leave_one_latent=1__lrd_feature=llm__include_lrd=1__include_kge=1__plm_name=minilm')
     name = main.run_name(args, registry.find_model('KDA_LRD'))
-    assert name == ('KDA_LRD__Office__3__lr=0.01__l2=0__emb_size=64__num_layers=1__num_heads=1__gamma=-1__'
-                    'include_val=1__freq_rand=0__latent_relation_num=8__lamda=1.0__alpha=0.1__lrd_loss=paper__'
-                    'entropy_sign=paper')
+    assert len(name) == main.MAX_RUN_NAME
+    assert name == full[:main.MAX_RUN_NAME - 10] + '__' + hashlib.sha1(full.encode()).hexdigest()[:8]
+    ablation = main.run_name(parse('--model_name', 'KDA_LRD', '--dataset', 'Office', '--random_seed', '3',
+                                   '--lr', '0.01', '--plm_name', 'st:other'), registry.find_model('KDA_LRD'))
+    assert ablation != name and ablation[:-8] == name[:-8]
     assert main.run_name(parse('--model_name', 'SASRec', '--dataset', 'Tiny'), registry.find_model('SASRec')) == \
         'SASRec__Tiny__0__lr=0.001__l2=0__emb_size=64__num_layers=1__num_heads=4'
 

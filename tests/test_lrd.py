@@ -97,6 +97,16 @@ def test_latent_relations_extend_the_backbone_and_q_sums_to_one(model, tiny_root
     assert attention.shape[-1] == 8  # latent relations take part in the relation-wise attention
 
 
+@pytest.mark.parametrize('leave', ['1', '0'])
+def test_relations_left_out_of_reconstruction_get_no_q(leave, tiny_root):
+    """With relation 0 left out, q cannot escape the loss by moving its mass there."""
+    net, _ = build('KDA_LRD', tiny_root, '--leave_one_latent', leave)
+    with torch.no_grad():
+        q = net.lrd.relation_distribution(torch.tensor([[1, 2, 3]]), torch.tensor([[4]]))
+    assert torch.allclose(q.sum(-1), torch.ones(1, 3))
+    assert bool((q[..., 0] == 0).all()) == (leave == '1')
+
+
 def test_lrd_negatives_are_per_history_slot_and_never_training_clicks(tiny_root):
     net, data = build('KDA_LRD', tiny_root)
     assert data.lrd_neg_items.shape == (len(data), 6)
@@ -131,7 +141,7 @@ def hand_lrd_loss(net, batch) -> float:
         likelihood = {r: [] for r in range(first, len(rel))}
         for h in valid:
             v_i, v_n, q = ent[history[b, h]], ent[negatives[b, h]], q_all[b, h]
-            entropies.append(-(q * np.log(q)).sum())
+            entropies.append(-(q[first:] * np.log(q[first:])).sum())  # q is 0 on unreconstructed relations
             pair = 0.0
             for r in range(first, len(rel)):
                 pos, neg = (v_i * rel[r] * v_j).sum(), (v_n * rel[r] * v_j).sum()

@@ -102,6 +102,11 @@ class BaseRunner:
         self._ddp = None  # the DistributedDataParallel wrapper of the trained model (torchrun only)
         self._fit_calls = 0
 
+    @staticmethod
+    def _progress_kwargs() -> dict:
+        """Progress bars on rank 0 only; elsewhere tqdm's own defaults (so TQDM_DISABLE=1 works)."""
+        return {} if dist_utils.is_main() else {'disable': True}
+
     def _autocast(self, device: torch.device):
         """Mixed-precision context for a forward pass (a no-op without ``--autocast``)."""
         return torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32,
@@ -237,7 +242,7 @@ class BaseRunner:
         tick = time.perf_counter()
         loader = self._loader(dataset, self.batch_size, shuffle=True, epoch=epoch if epoch >= 0 else self._fit_calls)
         for batch in tqdm(loader, leave=False, desc=f'Epoch {epoch:<3}', ncols=100, mininterval=1,
-                          disable=not dist_utils.is_main()):
+                          **self._progress_kwargs()):
             batch = batch_to_device(batch, model.device)
             self.data_seconds += time.perf_counter() - tick
             model.optimizer.zero_grad()
@@ -265,7 +270,7 @@ class BaseRunner:
         model.eval()
         start = dist_utils.shard_range(len(dataset))[0]
         for batch in tqdm(self._loader(dataset, self.eval_batch_size, shuffle=False), leave=False,
-                          ncols=100, mininterval=1, desc='Predict', disable=not dist_utils.is_main()):
+                          ncols=100, mininterval=1, desc='Predict', **self._progress_kwargs()):
             n = batch['batch_size']
             index = np.arange(start, start + n)
             start += n

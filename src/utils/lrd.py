@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from models.BaseModel import batched
 from utils.sampling import sample_excluding
 
-LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign']
+LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
+                'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
 
 
 class LatentRelationDiscovery(nn.Module):
@@ -80,10 +81,19 @@ class LatentRelationDiscovery(nn.Module):
         return self.backbone[0].entity_embeddings(items)
 
     def relation_distribution(self, items_i: torch.Tensor, items_j: torch.Tensor) -> torch.Tensor:
-        """q(r | i, j) over all relations (Eq. 4); broadcasts over leading dims: ... × R."""
+        """q(r | i, j) over the relations (Eq. 4); broadcasts over leading dims: ... × R.
+
+        Relations left out of reconstruction (relation 0 with ``--leave_one_latent 1``) get q = 0:
+        otherwise the paper-form loss, a q-weighted sum of non-negative terms, is minimised by moving all
+        of q onto the one relation it never scores, and the latent relations learn nothing.
+        """
         e_i, e_j = self.item_representation(items_i), self.item_representation(items_j)
         e_i, e_j = torch.broadcast_tensors(e_i, e_j)
-        return self.extractor(torch.cat([e_i, e_j], dim=-1)).softmax(dim=-1)
+        logits = self.extractor(torch.cat([e_i, e_j], dim=-1))
+        if self.first_relation:
+            logits = torch.cat([torch.full_like(logits[..., :self.first_relation], -torch.inf),
+                                logits[..., self.first_relation:]], dim=-1)
+        return logits.softmax(dim=-1)
 
     def forward(self, feed_dict: dict) -> torch.Tensor:
         """L_lrd for a training batch: all (history item, target) pairs, one negative per history slot."""
@@ -107,7 +117,7 @@ class LatentRelationDiscovery(nn.Module):
             neg = q_rec * ((v_n * v_j + v_n + v_j) @ r.T)
             likelihood = (torch.sigmoid(pos - neg) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
             recon = -torch.log(likelihood.clamp(min=1e-12)).mean()
-        entropy = -(q * torch.log(q.clamp(min=1e-12))).sum(-1)
+        entropy = -(q_rec * torch.log(q_rec.clamp(min=1e-12))).sum(-1)
         entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
         sign = -1.0 if self.entropy_sign == 'paper' else 1.0
         return recon + sign * self.alpha * entropy
