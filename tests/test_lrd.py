@@ -105,6 +105,9 @@ def test_relations_left_out_of_reconstruction_get_no_q(leave, tiny_root):
         q = net.lrd.relation_distribution(torch.tensor([[1, 2, 3]]), torch.tensor([[4]]))
     assert torch.allclose(q.sum(-1), torch.ones(1, 3))
     assert bool((q[..., 0] == 0).all()) == (leave == '1')
+    code, _ = build('KDA_LRD', tiny_root, '--leave_one_latent', leave, '--lrd_loss', 'code')
+    with torch.no_grad():  # the authors' form keeps their softmax over every relation
+        assert bool((code.lrd.relation_distribution(torch.tensor([[1]]), torch.tensor([[4]]))[..., 0] > 0).all())
 
 
 def test_lrd_negatives_are_per_history_slot_and_never_training_clicks(tiny_root):
@@ -141,7 +144,10 @@ def hand_lrd_loss(net, batch) -> float:
         likelihood = {r: [] for r in range(first, len(rel))}
         for h in valid:
             v_i, v_n, q = ent[history[b, h]], ent[negatives[b, h]], q_all[b, h]
-            entropies.append(-(q[first:] * np.log(q[first:])).sum())  # q is 0 on unreconstructed relations
+            if lrd.loss_form == 'paper':  # q is 0 on relations left out of reconstruction
+                entropies.append(-(q[first:] * np.log(q[first:])).sum())
+            else:  # the authors' scale: averaged over all relations
+                entropies.append(-(q * np.log(q)).mean())
             pair = 0.0
             for r in range(first, len(rel)):
                 pos, neg = (v_i * rel[r] * v_j).sum(), (v_n * rel[r] * v_j).sum()
@@ -210,7 +216,7 @@ def test_entropy_sign_flips_the_entropy_term(form, tiny_root):
     batch = padded_train_batch(data)
     with torch.no_grad():
         q = net_p.lrd.relation_distribution(batch['history_items'], batch['item_id'][:, :1])
-        entropy = -torch.xlogy(q, q).sum(-1)
+        entropy = -torch.xlogy(q, q).sum(-1) if form == 'paper' else -torch.xlogy(q, q).mean(-1)
         valid = batch['history_items'] > 0
         h_valid = entropy[valid].mean()
         h_all = entropy.mean()

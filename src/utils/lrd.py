@@ -18,7 +18,8 @@ Loss forms (``--lrd_loss``):
   one BPR pair σ(φ_r(i, j) − φ_r(i⁻, j)) per relation, averaged over valid positions inside the log,
   then −log averaged over relations and batch.
 Entropy (``--entropy_sign``): ``paper`` subtracts α·H[q] from the minimised loss (keeps q spread, as
-the paper intends); ``code`` adds it (sharpens q, as the authors' code does). Padded history positions
+the paper intends); ``code`` adds it (sharpens q, as the authors' code does). With ``--lrd_loss code``
+the entropy has the code's scale (−q log q averaged over relations, i.e. H/R). Padded history positions
 never contribute (the authors' code averages the entropy over padding too; we treat that as a defect).
 ``--leave_one_latent 1`` drops relation 0 (the virtual sequence relation) from reconstruction, as the code.
 """
@@ -83,14 +84,15 @@ class LatentRelationDiscovery(nn.Module):
     def relation_distribution(self, items_i: torch.Tensor, items_j: torch.Tensor) -> torch.Tensor:
         """q(r | i, j) over the relations (Eq. 4); broadcasts over leading dims: ... × R.
 
-        Relations left out of reconstruction (relation 0 with ``--leave_one_latent 1``) get q = 0:
-        otherwise the paper-form loss, a q-weighted sum of non-negative terms, is minimised by moving all
-        of q onto the one relation it never scores, and the latent relations learn nothing.
+        In the paper form, relations left out of reconstruction (relation 0 with ``--leave_one_latent 1``)
+        get q = 0: otherwise that loss, a q-weighted sum of non-negative terms, is minimised by moving all
+        of q onto the one relation it never scores, and the latent relations learn nothing. The code form
+        keeps the authors' softmax over all relations (it has no such escape: q_r → 0 costs −log ½).
         """
         e_i, e_j = self.item_representation(items_i), self.item_representation(items_j)
         e_i, e_j = torch.broadcast_tensors(e_i, e_j)
         logits = self.extractor(torch.cat([e_i, e_j], dim=-1))
-        if self.first_relation:
+        if self.first_relation and self.loss_form == 'paper':
             logits = torch.cat([torch.full_like(logits[..., :self.first_relation], -torch.inf),
                                 logits[..., self.first_relation:]], dim=-1)
         return logits.softmax(dim=-1)
@@ -117,7 +119,10 @@ class LatentRelationDiscovery(nn.Module):
             neg = q_rec * ((v_n * v_j + v_n + v_j) @ r.T)
             likelihood = (torch.sigmoid(pos - neg) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
             recon = -torch.log(likelihood.clamp(min=1e-12)).mean()
-        entropy = -(q_rec * torch.log(q_rec.clamp(min=1e-12))).sum(-1)
+        if self.loss_form == 'paper':  # H[q] per pair
+            entropy = -(q_rec * torch.log(q_rec.clamp(min=1e-12))).sum(-1)
+        else:  # the code's scale: −q log q averaged over relations as well
+            entropy = -(q * torch.log(q.clamp(min=1e-12))).mean(-1)
         entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
         sign = -1.0 if self.entropy_sign == 'paper' else 1.0
         return recon + sign * self.alpha * entropy
