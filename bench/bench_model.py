@@ -7,6 +7,8 @@ Prints one JSON line. Run one model per process so peak RSS is that model's alon
 
 ``--bench_batches N`` times only the first N training batches and extrapolates to the epoch
 (reported as ``epoch_s_extrapolated``), for datasets too large to time whole epochs.
+``--bench_eval_batches N`` likewise times only the first N dev evaluation batches (scoring and ranking)
+and extrapolates to the whole dev set (``dev_eval_s_extrapolated``); the test set is then not evaluated.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import main  # noqa: E402
+from utils import metrics as metric_utils  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
 from utils.runtime import init_seed, pick_device  # noqa: E402
 
@@ -32,7 +35,7 @@ def peak_rss_gb() -> float:
 
 
 def bench(argv: list[str]) -> dict:
-    bench_epochs, bench_batches = 2, 0
+    bench_epochs, bench_batches, bench_eval_batches = 2, 0, 0
     rest = []
     it = iter(argv)
     for a in it:
@@ -40,6 +43,8 @@ def bench(argv: list[str]) -> dict:
             bench_epochs = int(next(it))
         elif a == '--bench_batches':
             bench_batches = int(next(it))
+        elif a == '--bench_eval_batches':
+            bench_eval_batches = int(next(it))
         else:
             rest.append(a)
     parser, model_cls, reader_cls, runner_cls = main.build_parser(rest)
@@ -56,15 +61,17 @@ def bench(argv: list[str]) -> dict:
     result['corpus_build_s'] = round(time.perf_counter() - t, 2)
     result['rss_after_corpus_gb'] = round(peak_rss_gb(), 3)
 
+    t = time.perf_counter()
     model = model_cls(args, corpus).to(args.device)
     data = {p: model_cls.Dataset(model, corpus, p) for p in ['train', 'dev', 'test']}
     for d in data.values():
         d.prepare()
+    result['model_and_datasets_s'] = round(time.perf_counter() - t, 2)
     runner = runner_cls(args)
     model.actions_before_train()
     model.optimizer = runner._build_optimizer(model)
 
-    epoch_s, data_s = [], []
+    epoch_s, data_s, batch_s, sample_s_list = [], [], [], []
     train = data['train']
     n_batches = int(np.ceil(len(train) / args.batch_size))
     for epoch in range(bench_epochs):
@@ -83,6 +90,8 @@ def bench(argv: list[str]) -> dict:
                 model.optimizer.step()
             per_batch = (time.perf_counter() - t) / min(bench_batches, n_batches)
             epoch_s.append(sample_s + per_batch * n_batches)
+            batch_s.append(per_batch)
+            sample_s_list.append(sample_s)
         else:
             t = time.perf_counter()
             runner.fit(train, epoch=epoch + 1)
@@ -90,16 +99,34 @@ def bench(argv: list[str]) -> dict:
             data_s.append(runner.data_seconds)
     key = 'epoch_s_extrapolated' if bench_batches else 'epoch_s_median'
     result[key] = round(float(np.median(epoch_s)), 2)
+    if batch_s:
+        result['train_batch_s'] = round(float(np.median(batch_s)), 4)
+        result['epoch_sampling_s'] = round(float(np.median(sample_s_list)), 2)
     if data_s:
         result['data_share_of_epoch'] = round(float(np.median(np.array(data_s) / np.array(epoch_s))), 3)
     result['train_batches'] = n_batches
 
-    t = time.perf_counter()
-    runner.evaluate(data['dev'], runner.topk, runner.metrics)
-    result['dev_eval_s'] = round(time.perf_counter() - t, 2)
-    t = time.perf_counter()
-    runner.evaluate(data['test'], runner.topk, runner.metrics)
-    result['dev_plus_test_eval_s'] = round(result['dev_eval_s'] + time.perf_counter() - t, 2)
+    if bench_eval_batches:
+        dev = data['dev']
+        n_eval = int(np.ceil(len(dev) / runner.eval_batch_size))
+        timed = min(bench_eval_batches, n_eval)
+        predictions = runner.predict_batches(dev)
+        t = time.perf_counter()
+        for _ in range(timed):
+            _, prediction = next(predictions)
+            metric_utils.rank_of_truth(prediction)
+        per_batch = (time.perf_counter() - t) / max(timed, 1)
+        predictions.close()
+        result['dev_eval_s_extrapolated'] = round(per_batch * n_eval, 2)
+        result['dev_eval_batch_s'] = round(per_batch, 4)
+        result['dev_eval_batches'] = n_eval
+    else:
+        t = time.perf_counter()
+        runner.evaluate(data['dev'], runner.topk, runner.metrics)
+        result['dev_eval_s'] = round(time.perf_counter() - t, 2)
+        t = time.perf_counter()
+        runner.evaluate(data['test'], runner.topk, runner.metrics)
+        result['dev_plus_test_eval_s'] = round(result['dev_eval_s'] + time.perf_counter() - t, 2)
     result['peak_rss_gb'] = round(peak_rss_gb(), 3)
     result['params'] = model.count_variables()
     return result
