@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from models.BaseModel import batched
 from models.sequential.SASRec import SASRec
+from utils import layers
 
 SCALE_CAP = 0xFFFF  # ReChorus' cap on the per-user interval scale, in time units (seconds)
 
@@ -106,18 +107,8 @@ class TiSASRec(SASRec):
             return feed_dict
 
 
-class TimeIntervalMultiHeadAttention(nn.Module):
+class TimeIntervalMultiHeadAttention(layers.MultiHeadAttention):
     """Attention whose keys and values carry position embeddings and, per (query, key) pair, interval ones."""
-
-    def __init__(self, d_model: int, n_heads: int, kq_same: bool = False, bias: bool = True):
-        super().__init__()
-        self.d_model, self.h = d_model, n_heads
-        self.d_k = d_model // n_heads
-        self.kq_same = kq_same
-        self.v_linear = nn.Linear(d_model, d_model, bias=bias)
-        self.k_linear = nn.Linear(d_model, d_model, bias=bias)
-        if not kq_same:
-            self.q_linear = nn.Linear(d_model, d_model, bias=bias)
 
     def forward(self, seq: torch.Tensor, pos_k: torch.Tensor, pos_v: torch.Tensor, inter_k: torch.Tensor,
                 inter_v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
