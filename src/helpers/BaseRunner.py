@@ -28,6 +28,7 @@ from tqdm import tqdm
 from models.BaseModel import BaseModel
 from utils import distributed as dist_utils
 from utils import metrics as metric_utils
+from utils import optim
 from utils.runtime import batch_to_device, check_dir
 
 
@@ -69,6 +70,10 @@ class BaseRunner:
                             help='metrics: NDCG, HR')
         parser.add_argument('--main_metric', type=str, default='',
                             help='Main metric to determine the best model (default: first metric at first k).')
+        parser.add_argument('--sparse_embeddings', type=int, default=0,
+                            help='Embedding tables with at least this many rows get sparse gradients and lazy '
+                                 'Adam (SparseAdam), so a step costs in proportion to the batch, not the '
+                                 'catalogue; --l2 then skips them. 0 = off (dense Adam, as the paper).')
         parser.add_argument('--autocast', type=str, default='', choices=['', 'bf16', 'fp16'],
                             help='Mixed precision for forward passes (bf16 pays off on CPUs with AVX-512-BF16 '
                                  'and on GPUs); empty = full fp32.')
@@ -100,6 +105,7 @@ class BaseRunner:
         self.data_seconds = 0.0
         self.random_seed = getattr(args, 'random_seed', 0)
         self.ddp_find_unused = bool(getattr(args, 'ddp_find_unused', 0))
+        self.sparse_embeddings = args.sparse_embeddings
         self._ddp = None  # the DistributedDataParallel wrapper of the trained model (torchrun only)
         self._fit_calls = 0
 
@@ -121,7 +127,7 @@ class BaseRunner:
         self.time[1] = time.time()
         return self.time[1] - tmp_time
 
-    def _build_optimizer(self, model: BaseModel) -> torch.optim.Optimizer:
+    def _build_optimizer(self, model: BaseModel) -> torch.optim.Optimizer | optim.CombinedOptimizer:
         if not hasattr(torch.optim, self.optimizer_name):
             raise ValueError(f'unknown optimizer {self.optimizer_name!r}: use a torch.optim class name')
         optimizer_cls = getattr(torch.optim, self.optimizer_name)
@@ -131,11 +137,23 @@ class BaseRunner:
         if 'fused' in inspect.signature(optimizer_cls).parameters:
             kwargs['fused'] = True
         logging.info(f'Optimizer: {self.optimizer_name} ({"fused" if kwargs.get("fused") else "default"} kernel)')
+        groups = model.customize_parameters()
+        sparse = []
+        if self.sparse_embeddings > 0:
+            if dist_utils.is_initialized():
+                raise ValueError('--sparse_embeddings is not supported under torchrun (DDP reduces dense gradients)')
+            sparse = optim.make_tables_sparse(model, self.sparse_embeddings)
+            groups = optim.without(groups, sparse)
+            logging.info(f'Sparse gradients and SparseAdam for {len(sparse)} embedding table(s) with '
+                         f'>= {self.sparse_embeddings} rows')
         try:
-            return optimizer_cls(model.customize_parameters(), **kwargs)
+            dense = optimizer_cls(groups, **kwargs)
         except (RuntimeError, ValueError):  # a device or dtype the fused kernel does not support
             kwargs.pop('fused', None)
-            return optimizer_cls(model.customize_parameters(), **kwargs)
+            dense = optimizer_cls(groups, **kwargs)
+        if not sparse:
+            return dense
+        return optim.CombinedOptimizer(dense, torch.optim.SparseAdam(sparse, lr=self.learning_rate))
 
     def _loader(self, dataset: BaseModel.Dataset, batch_size: int, shuffle: bool, epoch: int = 0) -> DataLoader:
         """Batches are index lists; the dataset turns each into a collated feed dict.
