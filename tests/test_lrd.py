@@ -100,7 +100,7 @@ def test_latent_relations_extend_the_backbone_and_q_sums_to_one(model, tiny_root
 @pytest.mark.parametrize('leave', ['1', '0'])
 def test_relations_left_out_of_reconstruction_get_no_q(leave, tiny_root):
     """With relation 0 left out, q cannot escape the loss by moving its mass there."""
-    net, _ = build('KDA_LRD', tiny_root, '--leave_one_latent', leave)
+    net, _ = build('KDA_LRD', tiny_root, '--leave_one_latent', leave, '--lrd_loss', 'paper')
     with torch.no_grad():
         q = net.lrd.relation_distribution(torch.tensor([[1, 2, 3]]), torch.tensor([[4]]))
     assert torch.allclose(q.sum(-1), torch.ones(1, 3))

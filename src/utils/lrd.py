@@ -12,11 +12,15 @@ and ``relation_num`` and lets a subclass add relation types (see ``RCF.extra_rel
         ...  # see models/sequential/KDA_LRD.py
 
 Loss forms (``--lrd_loss``):
-- ``paper`` (default): Eq. 14 as written, averaged over valid (history, target) pairs:
+- ``code`` (default): the authors' implementation: φ_r uses q_r·r plus the linear terms
+  ⟨v_i, q_r·r⟩ + ⟨v_j, q_r·r⟩, one BPR pair σ(φ_r(i, j) − φ_r(i⁻, j)) per relation, averaged over valid
+  positions inside the log, then −log averaged over relations and batch.
+- ``paper``: Eq. 14 as written, averaged over valid (history, target) pairs:
   −Σ_r q_r [log σ(φ_r(i, j)) + log σ(−φ_r(i⁻, j))].
-- ``code``: the authors' implementation: φ_r uses q_r·r plus the linear terms ⟨v_i, q_r·r⟩ + ⟨v_j, q_r·r⟩,
-  one BPR pair σ(φ_r(i, j) − φ_r(i⁻, j)) per relation, averaged over valid positions inside the log,
-  then −log averaged over relations and batch.
+Why the default: with the paper's form every relation embedding receives the same gradient direction,
+scaled by its q_r; with the paper's entropy bonus q stays uniform, so the relations stay collinear.
+Measured on Office after 2 epochs (λ = 1, K = 8): mean off-diagonal cosine of relations 1..12 was
+0.999 (paper form, paper entropy), 0.923 (paper form, code entropy), 0.725 (code form, code entropy).
 Entropy (``--entropy_sign``): ``paper`` subtracts α·H[q] from the minimised loss (keeps q spread, as
 the paper intends); ``code`` adds it (sharpens q, as the authors' code does). With ``--lrd_loss code``
 the entropy has the code's scale (−q log q averaged over relations, i.e. H/R). Padded history positions
@@ -48,10 +52,12 @@ class LatentRelationDiscovery(nn.Module):
                             help='Weight λ of the LRD loss in the joint objective (Eq. 16).')
         parser.add_argument('--alpha', type=float, default=0.1,
                             help='Weight α of the entropy term of q.')
-        parser.add_argument('--lrd_loss', type=str, default='paper', choices=['paper', 'code'],
-                            help="Reconstruction loss form: the paper's Eq. 14 or the authors' code.")
-        parser.add_argument('--entropy_sign', type=str, default='paper', choices=['paper', 'code'],
-                            help="paper: maximise H[q] (spread q); code: minimise it (sharpen q).")
+        parser.add_argument('--lrd_loss', type=str, default='code', choices=['paper', 'code'],
+                            help="Reconstruction loss form: the authors' code (default: the paper's Eq. 14 "
+                                 "makes all relation embeddings collinear, docs/lrd.md) or the paper's.")
+        parser.add_argument('--entropy_sign', type=str, default='code', choices=['paper', 'code'],
+                            help="code: minimise H[q] (sharpen q, the default); paper: maximise it (spread q, "
+                                 "which keeps q uniform and the latent relations identical).")
         parser.add_argument('--leave_one_latent', type=int, default=1,
                             help='Drop relation 0 (virtual sequence relation) from reconstruction.')
         parser.add_argument('--lrd_feature', type=str, default='llm', choices=['llm', 'id'],
