@@ -657,7 +657,7 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
     for param, other in (('latent_relation_num', 'lamda'), ('lamda', 'latent_relation_num')):
         for (group, value), part in cells.groupby(['group', param], sort=False):
             curves.append({'group': group, 'param': param, 'value': value, 'mean': part['mean'].mean(),
-                           'n_cells': len(part), f'averaged_over': f'{other} ∈ {{{", ".join(f"{v:g}" for v in sorted(part[other]))}}}'})
+                           'n_cells': len(part), 'averaged_over': f'{other} ∈ {{{", ".join(f"{v:g}" for v in sorted(part[other]))}}}'})
     curves = pd.DataFrame(curves).sort_values(['param', 'group', 'value'], kind='stable').reset_index(drop=True)
     return cells, curves
 

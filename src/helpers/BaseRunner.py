@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import gc
 import inspect
-import inspect
 import logging
 import os
 import time
