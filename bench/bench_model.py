@@ -53,7 +53,8 @@ def bench(argv: list[str]) -> dict:
     args.model_path = args.model_path or os.path.join(tempfile.mkdtemp(), 'bench.pt')
     init_seed(args.random_seed)
     result = {'model': args.model_name, 'dataset': args.dataset, 'device': str(args.device),
-              'threads': torch.get_num_threads(), 'batch_size': args.batch_size, 'autocast': args.autocast}
+              'threads': torch.get_num_threads(), 'batch_size': args.batch_size, 'autocast': args.autocast,
+              'sparse_embeddings': args.sparse_embeddings}
 
     t = time.perf_counter()
     args.regenerate = 1
