@@ -370,3 +370,14 @@ def test_one_epoch_with_a_test_encoder(tiny_root, tmp_path, monkeypatch):
     assert len(encoder.seen) == N_ITEMS and all(' model ' in t for t in encoder.seen)
     assert calls == [corpus_cache.cache_dir(str(tiny_root / 'Tiny'), 'Tiny')]  # outside data: under <repo>/cache
     assert calls[0].startswith(str(tmp_path / 'cache' / 'Tiny-'))
+
+
+def test_without_llm_no_text_is_encoded(tiny_root, monkeypatch):
+    """The "w/o LLM" ablation never loads an encoder: its relation extractor reads ID embeddings."""
+    def refuse(*args, **kwargs):
+        raise AssertionError('item texts were encoded although --lrd_feature id')
+
+    monkeypatch.setattr(lrd_reader_module, 'item_text_features', refuse)
+    net, data = build('KDA_LRD', tiny_root, '--plm_name', 'minilm', '--lrd_feature', 'id')
+    assert data.corpus.item_features is None and not hasattr(net.lrd, 'projection')
+    assert torch.isfinite(net.lrd(padded_train_batch(data)))

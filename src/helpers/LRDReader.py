@@ -35,6 +35,9 @@ class LRDReader(KDAReader):
                             help='Device for encoding item texts (e.g. cuda).')
         parser.add_argument('--plm_batch_size', type=int, default=0,
                             help='Texts per encoder batch (0 = the encoder default).')
+        parser.add_argument('--lrd_feature', type=str, default='llm', choices=['llm', 'id'],
+                            help='Input of the relation extractor: LLM features, or item ID embeddings '
+                                 '("w/o LLM" ablation; no text is encoded then).')
         parser.add_argument('--missing_text', type=str, default='error', choices=['error', 'empty'],
                             help='What to do with items that have no text: stop, or embed an empty string.')
         return KDAReader.parse_data_args(parser)
@@ -42,7 +45,7 @@ class LRDReader(KDAReader):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.item_features = None
-        if args.include_lrd:
+        if args.include_lrd and args.lrd_feature == 'llm':
             self.item_features = self._item_features(args)
             logging.info(f'Item text features from {args.plm_name}: {self.item_features.shape}')
 

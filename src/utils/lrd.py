@@ -60,9 +60,6 @@ class LatentRelationDiscovery(nn.Module):
                                  "which keeps q uniform and the latent relations identical).")
         parser.add_argument('--leave_one_latent', type=int, default=1,
                             help='Drop relation 0 (virtual sequence relation) from reconstruction.')
-        parser.add_argument('--lrd_feature', type=str, default='llm', choices=['llm', 'id'],
-                            help='Input of the relation extractor: LLM features, or item ID embeddings '
-                                 '("w/o LLM" ablation).')
         return parser
 
     def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
