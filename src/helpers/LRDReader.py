@@ -53,22 +53,16 @@ class LRDReader(KDAReader):
         """Text of every item id (index 0 = padding, empty)."""
         text_path = os.path.join(self.data_dir, f'{self.dataset}.text')
         map_path = os.path.join(self.data_dir, f'{self.dataset}.item2index')
-        texts = io.read_table(text_path, '\t', ['id', 'text'])
+        texts = io.read_table(text_path, '\t', ['id', 'text'], quoting=csv.QUOTE_NONE)  # titles may hold quotes
         mapping = pd.read_csv(map_path, sep='\t', header=None, names=['id', 'item_id'], dtype=str,
                               keep_default_na=False, quoting=csv.QUOTE_NONE)
         item_ids = io.int_column(mapping, 'item_id', map_path)
-        by_key = dict(zip(texts['id'], texts['text']))
-        out = [''] * self.n_items
-        missing_ids = []
-        for key, item in zip(mapping['id'], item_ids):
-            if item < self.n_items:
-                if key in by_key:
-                    out[item] = by_key[key]
-                else:
-                    missing_ids.append(int(item))
-        have = np.zeros(self.n_items, dtype=bool)
-        have[[i for i, t in enumerate(out) if t]] = True
-        missing_ids = sorted(set(missing_ids) | set(np.flatnonzero(~have[1:]) + 1))
+        found = mapping['id'].map(texts.drop_duplicates('id', keep='last').set_index('id')['text']).to_numpy()
+        known = item_ids < self.n_items
+        has_text = known & pd.notna(found)
+        out = np.full(self.n_items, '', dtype=object)
+        out[item_ids[has_text]] = found[has_text]
+        missing_ids = sorted(set(item_ids[known & ~has_text].tolist()) | set((np.flatnonzero(out[1:] == '') + 1).tolist()))
         if missing_ids:
             message = (f'{len(missing_ids)} item(s) have no text in {text_path} (via {map_path}); first ids: '
                        f'{missing_ids[:10]}')
@@ -76,7 +70,7 @@ class LRDReader(KDAReader):
                 raise io.DataFormatError(message + '. Add their texts, or pass --missing_text empty to embed '
                                          'an empty string for them.')
             logging.warning(message + ': embedding an empty string for them (--missing_text empty).')
-        return out
+        return out.tolist()
 
     def _item_features(self, args: argparse.Namespace) -> np.ndarray:
         if args.plm_name.startswith('feat:'):

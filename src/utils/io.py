@@ -6,6 +6,7 @@ never ``eval``.
 """
 from __future__ import annotations
 
+import csv
 import os
 import warnings
 
@@ -17,12 +18,12 @@ class DataFormatError(ValueError):
     """Malformed input file; the message says file, line and what was expected."""
 
 
-def read_table(path: str, sep: str, required: list[str]) -> pd.DataFrame:
-    """Read a tab-separated table as strings-free pandas frame and check its required columns."""
+def read_table(path: str, sep: str, required: list[str], quoting: int = csv.QUOTE_MINIMAL) -> pd.DataFrame:
+    """Read a separated table as strings (nothing guessed) and check its required columns."""
     if not os.path.exists(path):
         raise FileNotFoundError(f'{path}: file not found')
     try:
-        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False)
+        df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, quoting=quoting)
     except (pd.errors.ParserError, UnicodeDecodeError) as e:
         raise DataFormatError(f'{path}: cannot be parsed as a {sep!r}-separated table: {e}') from e
     missing = [c for c in required if c not in df.columns]
