@@ -39,6 +39,7 @@ class BaseReader:
     def _read_data(self) -> None:
         logging.info(f'Reading data from "{self.prefix}", dataset = "{self.dataset}"')
         self.data_df: dict[str, pd.DataFrame] = {}
+        self.neg_matrix: dict[str, np.ndarray] = {}  # dev/test negatives as n × k matrices
         for phase in ['train', 'dev', 'test']:
             path = os.path.join(self.data_dir, phase + '.csv')
             required = ['user_id', 'item_id', 'time'] + (['neg_items'] if phase != 'train' else [])
@@ -48,9 +49,8 @@ class BaseReader:
                                'time': io.int_column(raw, 'time', path, positive=False)})
             if phase != 'train':
                 negs = io.parse_fixed_lists(raw['neg_items'], path, 'neg_items')
-                df['neg_items'] = list(negs)
-                self._neg_matrix = getattr(self, '_neg_matrix', {})
-                self._neg_matrix[phase] = negs
+                df['neg_items'] = list(negs)  # ReChorus' per-row lists, for code that reads data_df
+                self.neg_matrix[phase] = negs
             self.data_df[phase] = df
 
         self.all_df = pd.concat([self.data_df[p].assign(phase=p)[['user_id', 'item_id', 'time', 'phase']]
@@ -82,7 +82,7 @@ class BaseReader:
                 row = int(np.flatnonzero(no_history)[0])
                 raise io.DataFormatError(f'{path} line {row + 2}: user_id {users[row]} has no interaction in '
                                          f'train.csv, so there is no history to rank from')
-            negs = self._neg_matrix[phase]
+            negs = self.neg_matrix[phase]
             unknown = (negs < 1) | (negs >= self.n_items)
             if unknown.any():
                 row, col = (int(x[0]) for x in np.nonzero(unknown))

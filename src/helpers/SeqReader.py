@@ -26,9 +26,7 @@ class SeqReader(BaseReader):
         by_user = np.argsort(sorted_df['user_id'].to_numpy(), kind='stable')
         seq_df = sorted_df.iloc[by_user]
         users = seq_df['user_id'].to_numpy()
-        counts = np.bincount(users, minlength=self.n_users)
-        self.his_start = np.zeros(self.n_users + 1, dtype=np.int64)
-        np.cumsum(counts, out=self.his_start[1:])
+        self.his_start = self.clicked_start  # same rows per user as BaseReader's CSR, here in time order
         self.his_items = seq_df['item_id'].to_numpy().astype(np.int64)
         self.his_times = seq_df['time'].to_numpy().astype(np.int64)
         position = np.arange(len(seq_df), dtype=np.int64) - self.his_start[users]

@@ -105,8 +105,9 @@ class BaseModel(nn.Module):
         def __init__(self, model: 'BaseModel', corpus, phase: str):
             self.model, self.corpus, self.phase = model, corpus, phase
             df = corpus.data_df[phase]
-            self.data = {c: (np.stack(df[c].to_numpy()) if c == 'neg_items' else df[c].to_numpy())
-                         for c in df.columns}
+            self.data = {c: df[c].to_numpy() for c in df.columns if c != 'neg_items'}
+            if phase in corpus.neg_matrix:
+                self.data['neg_items'] = corpus.neg_matrix[phase]
             self.buffer = bool(model.buffer) and phase != 'train'
             self.buffer_dict: dict = {}
             self.rng = np.random.default_rng(model.random_seed + {'train': 0, 'dev': 1, 'test': 2}[phase])
