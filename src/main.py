@@ -168,6 +168,8 @@ def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
             out = os.path.join(os.path.dirname(args.log_file), name, f'rec-{phase}.csv')
             runner.save_rec_results(data_dict[phase], out, max(runner.topk))
     results['best_epoch'] = getattr(runner, 'best_epoch', 0)
+    results['epochs'] = runner.epochs_run
+    results['stop_reason'] = runner.stop_reason
     logging.info('=' * 40 + ' End ' + '=' * 40)
     return results
 

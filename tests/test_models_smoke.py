@@ -185,3 +185,16 @@ def test_time_interval_attention_matches_reference_formula():
         weights = scores.masked_fill(~mask, float('-inf')).softmax(-1)
         expected[..., cols] = (weights[..., None] * values).sum(2)
     torch.testing.assert_close(attn(seq, pos_k, pos_v, inter_k, inter_v, mask), expected)
+
+
+def test_time_budget_stops_after_the_epoch_that_exhausts_it(tiny_root, tmp_path):
+    """A budget smaller than one epoch: the first epoch runs, the second would end past it, so training stops."""
+    results = run_main('SASRec', tiny_root, tmp_path, '--epoch', '5', '--time_budget', '1e-6')
+    assert (results['epochs'], results['stop_reason'], results['best_epoch']) == (1, 'time_budget', 1)
+    log = (tmp_path / 'log' / 'SASRec.txt').read_text()
+    assert 'Stopped by --time_budget' in log and 'Epoch 2' not in log
+
+
+def test_without_budget_the_epoch_limit_ends_training(tiny_root, tmp_path):
+    results = run_main('SASRec', tiny_root, tmp_path, '--epoch', '2', '--early_stop', '0')
+    assert (results['epochs'], results['stop_reason']) == (2, 'max_epoch')

@@ -46,6 +46,10 @@ class BaseRunner:
                             help='Print test results every test_epoch (-1 means no print).')
         parser.add_argument('--early_stop', type=int, default=10,
                             help='The number of epochs when dev results drop continuously.')
+        parser.add_argument('--time_budget', type=float, default=0,
+                            help='Stop training (as early stopping does: best dev checkpoint restored, then '
+                                 'the final report) before an epoch that would end after this many seconds '
+                                 'of the training loop; for grids with a deadline. 0 = no limit.')
         parser.add_argument('--lr', type=float, default=1e-3,
                             help='Learning rate.')
         parser.add_argument('--l2', type=float, default=0,
@@ -88,6 +92,9 @@ class BaseRunner:
         self.check_epoch = args.check_epoch
         self.test_epoch = args.test_epoch
         self.early_stop = args.early_stop
+        self.time_budget = getattr(args, 'time_budget', 0)
+        self.epochs_run = 0
+        self.stop_reason = ''
         self.learning_rate = args.lr
         self.batch_size = args.batch_size
         self.eval_batch_size = args.eval_batch_size
@@ -194,7 +201,8 @@ class BaseRunner:
         model = data_dict['train'].model
         distributed = dist_utils.is_initialized()
         main_metric_results, dev_results = [], []
-        self._check_time(start=True)
+        loop_start = self._check_time(start=True)
+        self.stop_reason = 'max_epoch'
         try:
             for epoch in range(self.epoch):
                 self._check_time()
@@ -223,9 +231,17 @@ class BaseRunner:
                     dist_utils.barrier()
                     logging_str += ' *'
                 logging.info(logging_str)
+                self.epochs_run = epoch + 1
                 stop = self.early_stop > 0 and self.eval_termination(main_metric_results)
                 if dist_utils.broadcast_object(stop):  # rank 0 decides, every rank stops with it
                     logging.info(f'Early stop at {epoch + 1} based on dev result.')
+                    self.stop_reason = 'early_stop'
+                    break
+                if epoch + 1 < self.epoch and dist_utils.broadcast_object(self._out_of_time(loop_start, epoch + 1)):
+                    best = main_metric_results.index(max(main_metric_results)) + 1
+                    logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
+                                 f'(best dev epoch {best}: {"still improving, not converged" if best == epoch + 1 else "early stopping had not triggered"}).')
+                    self.stop_reason = 'time_budget'
                     break
         except KeyboardInterrupt:
             if distributed:  # ranks interrupted at different points cannot agree on more collectives
@@ -233,6 +249,7 @@ class BaseRunner:
                                 f'{model.model_path}')
                 raise
             logging.info('Early stop manually (Ctrl-C): reporting the best model so far.')
+            self.stop_reason = 'interrupted'
 
         if main_metric_results:
             best_epoch = main_metric_results.index(max(main_metric_results))
@@ -246,6 +263,13 @@ class BaseRunner:
             if dist_utils.is_main():
                 model.load_model()
             dist_utils.broadcast_state(model)  # every rank continues with rank 0's best model
+
+    def _out_of_time(self, loop_start: float, epochs_done: int) -> bool:
+        """True when one more epoch (at the mean epoch time so far) would end past ``--time_budget``."""
+        if self.time_budget <= 0:
+            return False
+        elapsed = time.time() - loop_start
+        return elapsed + elapsed / epochs_done > self.time_budget
 
     def eval_termination(self, criterion: list[float]) -> bool:
         """ReChorus' rule: stop after ``early_stop`` non-increasing epochs or as many without a new best."""

@@ -47,7 +47,7 @@ IGNORED_IN_KEY = frozenset({
 # Always part of the key, even at their default value.
 ALWAYS_IN_KEY = ('model_name', 'dataset')
 # Leading CSV columns; then dev_/test_ metric columns; then one column per model argument.
-FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'wall_s',
+FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'epochs', 'stop_reason', 'wall_s',
                  'finished_at', 'config', 'argv']
 # Argument columns that duplicate a fixed column.
 RENAMED_ARGS = {'model_name': 'model', 'dataset': 'dataset', 'random_seed': 'seed'}
@@ -314,7 +314,7 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return pd.DataFrame(columns=FIXED_COLUMNS)
     df = pd.read_csv(path, keep_default_na=False, na_values=[''], dtype={'run_id': str, 'status': str,
-                                                                       'error': str, 'config': str, 'argv': str,
+                                                                       'error': str, 'config': str, 'argv': str, 'stop_reason': str,
                                                                        'model': str, 'dataset': str, 'sep': str})
     missing = [c for c in ('run_id', 'status', 'model', 'dataset', 'seed') if c not in df.columns]
     if missing:
@@ -326,7 +326,7 @@ def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite the whole CSV atomically (temp file + rename), columns in :func:`order_columns` order."""
     columns = order_columns([c for row in rows for c in row] or FIXED_COLUMNS)
     df = pd.DataFrame(rows, columns=columns)
-    for column in ('seed', 'best_epoch'):  # integers, also when some rows have none (failed runs)
+    for column in ('seed', 'best_epoch', 'epochs'):  # integers, also when some rows have none (failed runs)
         df[column] = pd.to_numeric(df[column], errors='coerce').round().astype('Int64')
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -339,7 +339,8 @@ def result_row(spec: RunSpec, status: str, error: str = '', results: dict | None
                wall_s: float = float('nan'), argv: list[str] | None = None) -> dict:
     """One CSV row: fixed columns, ``dev_``/``test_`` metrics, and every parsed argument."""
     row = {'run_id': spec.run_id, 'model': spec.model, 'dataset': spec.dataset, 'seed': spec.seed,
-           'status': status, 'error': error, 'best_epoch': None, 'wall_s': round(wall_s, 2),
+           'status': status, 'error': error, 'best_epoch': None, 'epochs': None,
+           'stop_reason': '', 'wall_s': round(wall_s, 2),
            'finished_at': time.strftime('%Y-%m-%d %H:%M:%S'), 'config': spec.config_key,
            'argv': shlex.join(argv if argv is not None else spec.argv)}
     for name, value in spec.args.items():
@@ -354,6 +355,8 @@ def result_row(spec: RunSpec, status: str, error: str = '', results: dict | None
                 row[name] = used[last + 1]
     if results:
         row['best_epoch'] = results.get('best_epoch')
+        row['epochs'] = results.get('epochs')
+        row['stop_reason'] = results.get('stop_reason', '')
         for split in ('dev', 'test'):
             for metric, value in (results.get(split) or {}).items():
                 row[f'{split}_{metric}'] = value
