@@ -76,7 +76,7 @@ class LatentRelationDiscovery(nn.Module):
             self.projection = nn.Linear(self.features.shape[1], d)  # Eq. 3
         self.extractor = nn.Linear(2 * d, backbone.relation_num)  # Eq. 4
         for module in self.children():
-            backbone.init_weights(module)
+            backbone.reset_weights(module)
 
     def item_representation(self, items: torch.Tensor) -> torch.Tensor:
         """e_i: projected language features (Eq. 3), or the ID embedding for the w/o-LLM ablation."""

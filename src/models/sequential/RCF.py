@@ -44,6 +44,9 @@ class RCF(SequentialModel):
                             help='Method of pooling relational history embeddings: average, max, attention')
         parser.add_argument('--include_val', type=int, default=1,
                             help='Whether include relation value in the relation representation')
+        parser.add_argument('--init', type=str, default='normal', choices=['normal', 'xavier'],
+                            help="normal: ReChorus' N(0, 0.01) for every weight (the reference); xavier: "
+                                 'linear layers Xavier-uniform with zero bias, embeddings N(0, 0.01).')
         return SequentialModel.parse_model_args(parser)
 
     def __init__(self, args: argparse.Namespace, corpus):
@@ -63,8 +66,23 @@ class RCF(SequentialModel):
         n_triplets = len(corpus.relation_df)
         self.gamma = 0.0 if not args.include_kge or n_triplets == 0 else (
             n_triplets / corpus.n_clicks if args.gamma < 0 else args.gamma)
+        self.init = args.init
         self._define_params()
-        self.apply(self.init_weights)
+        self.reset_weights(self)
+
+    def reset_weights(self, module: nn.Module) -> None:
+        """Initialise ``module`` as ``--init`` says (LRD initialises its own layers through this too).
+
+        With N(0, 0.01) the five attention layers are products of tiny matrices: their gradients start near
+        zero and training sits on a plateau whose length depends on the seed (docs/results.md).
+        """
+        module.apply(self.init_weights)
+        if self.init == 'xavier':
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
 
     def extra_relation_num(self, args: argparse.Namespace) -> int:
         """Relation types beyond the corpus' predefined ones (LRD's latent relations)."""
