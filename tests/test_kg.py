@@ -221,6 +221,20 @@ def test_include_kge_0_has_no_kg_task(tmp_path):
     assert set(out) == {'prediction'}
 
 
+def test_init_xavier_changes_linear_layers_only(tmp_path):
+    """--init xavier: Linear weights at Xavier scale with zero bias; embeddings keep ReChorus' N(0, 0.01)."""
+    write_kg_dataset(tmp_path)
+    normal, _ = kg_model(tmp_path, 'KG', '--emb_size', '64')
+    xavier, _ = kg_model(tmp_path, 'KG', '--emb_size', '64', '--init', 'xavier')
+    bound = (6 / (64 + 64)) ** 0.5  # Xavier-uniform limit of a 64 x 64 layer
+    for model in (normal, xavier):
+        assert abs(model.entity_embeddings.weight.std().item() - 0.01) < 0.002
+    assert normal.W1.weight.abs().max().item() < 0.06 and normal.W1.bias.abs().max().item() > 0
+    assert 0.9 * bound < xavier.W1.weight.abs().max().item() <= bound
+    assert xavier.W1.bias.abs().max().item() == 0
+    assert 0.9 * bound < xavier.attn_head.v_linear.weight.abs().max().item() <= bound
+
+
 # --------------------------------------------------------------------------- malformed item_meta
 
 def meta_error(root: Path, *extra: str) -> str:
