@@ -5,7 +5,9 @@
 # then, with carry ["data/Office"]:
 #   BUDGET=420 DEADLINE=560 bench/gpu_grid.sh office_main.txt:5:0 office_variants.txt:3:0
 # Each argument is GRID_FILE:N_SEEDS:SEED0 (files in bench/grids/, on top of office_kda_base.txt);
-# all runs of all grids start at once. Results under $OUT: gpu.txt, <grid>.csv, logs.tgz, exp.txt.
+# all runs of all grids start at once. Results under $OUT: gpu.txt, <grid>.csv, logs.tgz, exp.txt, and
+# with KEEP_MODELS='*-s0-*' (a find -path pattern) models.tgz with those checkpoints (for the analyses;
+# a KDA_LRD checkpoint is ~2 MB and a returned file may hold 16 MiB).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT" results
 BUDGET=${BUDGET:-420}      # seconds of training loop per run
@@ -42,6 +44,7 @@ while [ -n "$(jobs -rp)" ] && [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; do
 done
 echo "elapsed $(( $(date +%s) - T0 )) s; still running: $(jobs -rp | wc -l)"
 tar czf "$OUT/logs.tgz" log results 2>/dev/null; cp results/*.csv "$OUT/" 2>/dev/null
+[ -n "${KEEP_MODELS:-}" ] && find model -path "$KEEP_MODELS" -name '*.pt' -print0 | tar czf "$OUT/models.tgz" --null -T -
 python3 - <<'PY'
 import glob, pandas as pd
 for path in sorted(glob.glob('results/*.csv')):

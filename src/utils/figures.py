@@ -40,17 +40,18 @@ def ablation_bars(summary: pd.DataFrame, metrics: list[str], path: str) -> str:
                     xs.append(g_idx + (v_idx - (len(variants) - 1) / 2) * width)
                     means.append(sub.loc[group, f'{metric}_mean'])
                     stds.append(sub.loc[group, f'{metric}_std'])
-            ax.bar(xs, means, width * 0.95, yerr=stds, capsize=3, label=variant,
-                   color=VARIANT_COLORS[v_idx % len(VARIANT_COLORS)])
+            bars = ax.bar(xs, means, width * 0.95, yerr=stds, capsize=3, label=variant,
+                          color=VARIANT_COLORS[v_idx % len(VARIANT_COLORS)])
+            for bar, mean in zip(bars, means):  # the value at the bar's foot, clear of the error bar
+                ax.annotate(f'{mean:.3f}', (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 4),
+                            textcoords='offset points', ha='center', va='bottom', fontsize=7, color='white')
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups)
         ax.set_ylabel(metric)
         ax.set_title(metric)
-        values = summary[f'{metric}_mean'].to_numpy(dtype=float)
-        if len(values) and np.isfinite(values).any():
-            low, high = np.nanmin(values), np.nanmax(values)
-            pad = max((high - low) * 0.6, 0.01)
-            ax.set_ylim(max(0.0, low - pad), high + pad)
+        tops = (summary[f'{metric}_mean'] + summary[f'{metric}_std'].fillna(0)).to_numpy(dtype=float)
+        if len(tops) and np.isfinite(tops).any():  # bars start at 0: a cut axis exaggerates small gaps
+            ax.set_ylim(0.0, np.nanmax(tops) * 1.08)
         ax.grid(axis='y', alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
