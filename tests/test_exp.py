@@ -101,14 +101,14 @@ def test_grid_expansion_order_and_errors():
 def test_specs_normalise_keys_seeds_and_precedence():
     base = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--lr', '1e-2']
     specs = ex.build_specs([['--lr', '0.001'], ['--lr', '1e-3', '--gpu', '1'], ['--include_kge', '0']], base=base,
-                           grid=ex.parse_grid('lamda=1,5'), n_seeds=2, seed0=3)
+                           grid=ex.parse_grid('lamda=0.1,5'), n_seeds=2, seed0=3)
     # lines 1 and 2 are the same run (--lr 0.001 == 1e-3, --gpu does not count); line 3 keeps the base lr
     assert len(specs) == 2 * 2 * 2
     assert [s.seed for s in specs[:2]] == [3, 4]
     first = specs[0]
-    assert first.config == {'model_name': 'KDA_LRD', 'dataset': 'Office'}  # lr 1e-3 and lamda 1 are defaults
+    assert first.config == {'model_name': 'KDA_LRD', 'dataset': 'Office'}  # lr 1e-3 and lamda 0.1 are defaults
     assert first.argv[-2:] == ['--random_seed', '3'] and first.args['random_seed'] == 3
-    assert first.args['lr'] == 0.001 and first.args['lamda'] == 1.0
+    assert first.args['lr'] == 0.001 and first.args['lamda'] == 0.1
     kge = [s for s in specs if s.config.get('include_kge') == 0]
     assert len(kge) == 4 and all(s.config['lr'] == 0.01 for s in kge)
     assert len({s.run_id for s in specs}) == len(specs)
