@@ -20,7 +20,7 @@ RELATION_ARGS = ['--include_attr', '1', '--include_val', '1', '--l2', '1e-6', '-
 MODELS = {
     'SASRec': ['--model_name', 'SASRec', '--l2', '1e-6', '--num_heads', '4', '--history_max', '20'],
     'KDA': ['--model_name', 'KDA', '--freq_rand', '1', '--lr', '1e-3'] + RELATION_ARGS,
-    'KDA_LRD': ['--model_name', 'KDA_LRD', '--freq_rand', '1', '--lr', '1e-3', '--lamda', '1',
+    'KDA_LRD': ['--model_name', 'KDA_LRD', '--freq_rand', '1', '--lr', '1e-3',
                 '--latent_relation_num', '8'] + RELATION_ARGS,
 }
 
