@@ -31,10 +31,9 @@ fi
 cat "$OUT/gpu.txt"
 base="$(grep -v '^#' "$BASE") --time_budget $BUDGET"
 total=0
-for spec in "$@"; do IFS=: read -r file n seed0 <<< "$spec"; total=$(( total + n * $(grep -cv '^#' "bench/grids/$file") )); done
 for spec in "$@"; do
   IFS=: read -r file n seed0 <<< "$spec"; name=${file%.txt}
-  jobs=$(( n * $(grep -cv '^#' "bench/grids/$file") ))
+  jobs=$(( n * $(grep -cv '^#' "bench/grids/$file") )); total=$(( total + jobs ))
   python3 src/exp.py run --commands "bench/grids/$file" --base "$base" --n_seeds "$n" --seed0 "$seed0" \
     --jobs "$jobs" --timeout $(( BUDGET + 120 )) --out "results/$name.csv" >> "$OUT/exp.txt" 2>&1 &
 done

@@ -92,7 +92,7 @@ class BaseRunner:
         self.check_epoch = args.check_epoch
         self.test_epoch = args.test_epoch
         self.early_stop = args.early_stop
-        self.time_budget = getattr(args, 'time_budget', 0)
+        self.time_budget = args.time_budget
         self.epochs_run = 0
         self.stop_reason = ''
         self.learning_rate = args.lr
@@ -239,8 +239,10 @@ class BaseRunner:
                     break
                 if epoch + 1 < self.epoch and dist_utils.broadcast_object(self._out_of_time(loop_start, epoch + 1)):
                     best = main_metric_results.index(max(main_metric_results)) + 1
+                    state = ('still improving, not converged' if best == epoch + 1
+                             else 'early stopping had not triggered')
                     logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
-                                 f'(best dev epoch {best}: {"still improving, not converged" if best == epoch + 1 else "early stopping had not triggered"}).')
+                                 f'(best dev epoch {best}: {state}).')
                     self.stop_reason = 'time_budget'
                     break
         except KeyboardInterrupt:

@@ -62,7 +62,8 @@ class LRDReader(KDAReader):
         has_text = known & pd.notna(found)
         out = np.full(self.n_items, '', dtype=object)
         out[item_ids[has_text]] = found[has_text]
-        missing_ids = sorted(set(item_ids[known & ~has_text].tolist()) | set((np.flatnonzero(out[1:] == '') + 1).tolist()))
+        no_text = np.flatnonzero(out[1:] == '') + 1
+        missing_ids = sorted(set(item_ids[known & ~has_text].tolist()) | set(no_text.tolist()))
         if missing_ids:
             message = (f'{len(missing_ids)} item(s) have no text in {text_path} (via {map_path}); first ids: '
                        f'{missing_ids[:10]}')

@@ -47,8 +47,8 @@ IGNORED_IN_KEY = frozenset({
 # Always part of the key, even at their default value.
 ALWAYS_IN_KEY = ('model_name', 'dataset')
 # Leading CSV columns; then dev_/test_ metric columns; then one column per model argument.
-FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'epochs', 'stop_reason', 'wall_s',
-                 'finished_at', 'config', 'argv']
+FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'epochs', 'stop_reason',
+                 'wall_s', 'finished_at', 'config', 'argv']
 # Argument columns that duplicate a fixed column.
 RENAMED_ARGS = {'model_name': 'model', 'dataset': 'dataset', 'random_seed': 'seed'}
 ERROR_LINES = 15
@@ -313,9 +313,8 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     """The results CSV as a DataFrame (empty, with the fixed columns, if the file does not exist)."""
     if not os.path.exists(path) or os.path.getsize(path) == 0:
         return pd.DataFrame(columns=FIXED_COLUMNS)
-    df = pd.read_csv(path, keep_default_na=False, na_values=[''], dtype={'run_id': str, 'status': str,
-                                                                       'error': str, 'config': str, 'argv': str, 'stop_reason': str,
-                                                                       'model': str, 'dataset': str, 'sep': str})
+    text_columns = ('run_id', 'status', 'error', 'stop_reason', 'config', 'argv', 'model', 'dataset', 'sep')
+    df = pd.read_csv(path, keep_default_na=False, na_values=[''], dtype=dict.fromkeys(text_columns, str))
     missing = [c for c in ('run_id', 'status', 'model', 'dataset', 'seed') if c not in df.columns]
     if missing:
         raise ValueError(f'{path} is not a results CSV of exp.py: missing columns {missing}')
