@@ -121,6 +121,18 @@ def test_caser_window_is_right_aligned(tiny_root):
     assert isinstance(model_obj, Caser)
 
 
+def test_caser_matmul_features_equal_its_conv2d_layers(tiny_root):
+    """conv_features is the Conv2d layers' own output (max-pooled horizontal, flattened vertical)."""
+    _, model_obj, _ = build('Caser', tiny_root, '--history_max', '6', '--L', '3',
+                            '--num_horizon', '5', '--num_vertical', '4', '--emb_size', '8')
+    image = torch.randn(7, 6, 8)
+    expected = [conv(image[:, None]).squeeze(3).relu().amax(dim=2) for conv in model_obj.conv_h]
+    expected.append(model_obj.conv_v(image[:, None]).flatten(1))
+    got = model_obj.conv_features(image)
+    assert got.shape == (7, 5 * 3 + 4 * 8)
+    torch.testing.assert_close(got, torch.cat(expected, dim=1), rtol=1e-5, atol=1e-6)
+
+
 def test_tisasrec_scale_matches_rechorus_definition(tiny_root):
     """ReChorus: per user, min over |t_i - t_j| with zero entries replaced by 0xFFFF."""
     users = np.array([1, 1, 1, 2, 2, 3, 4, 4, 4])
