@@ -193,6 +193,12 @@ def test_csv_schema_one_row_per_run(tmp_path, fake_child, monkeypatch):
     assert set(calls('cuda')) <= {'3', '5'} and len(set(calls('cuda'))) == 2
 
 
+def test_contention_warning_only_on_a_busy_machine():
+    assert ex.contention_warning(2, load=0.4, cores=4) is None
+    warning = ex.contention_warning(2, load=3.0, cores=4)
+    assert 'load average is 3.0 on 4 cores' in warning and 'OMP_NUM_THREADS' in warning
+
+
 def test_resume_skips_finished_runs_and_retries_failed(tmp_path, fake_child):
     child, calls = fake_child
     out = tmp_path / 'results.csv'
