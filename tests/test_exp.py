@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -381,3 +382,29 @@ def test_arguments_reference_is_generated_and_current():
         assert f'`{arg}`' in text
     current = (REPO / 'docs' / 'arguments.md').read_text()
     assert current == text, 'docs/arguments.md is stale: regenerate it with python src/exp.py arg-docs'
+
+
+def _protocol_args(model: str) -> dict[str, str]:
+    """The ``--name value`` pairs a model's docstring gives as its paper protocol."""
+    module = __import__(f'models.sequential.{model}', fromlist=[model])
+    text = module.__doc__.split('protocol', 1)[1].split(':', 1)[1]
+    text = re.split(r'\(|;|, i\.e\.|\n\n', text)[0]
+    return {name: value.rstrip('.') for name, value in re.findall(r'--(\w+) (\S+)', text)}
+
+
+def test_table3_commands_in_docs_match_the_model_docstrings():
+    """docs/experiments.md's Table-3 command files use each model's documented protocol settings."""
+    doc = (REPO / 'docs' / 'experiments.md').read_text()
+    lines = re.findall(r'^python src/main\.py (--model_name .*)$', doc, flags=re.M)
+    commands = {}
+    for line in lines:
+        args = dict(re.findall(r'--(\w+) (\S+)', line))
+        commands[args.pop('model_name')] = args
+    assert set(commands) == {'Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'KDA', 'RCF_LRD', 'KDA_LRD'}
+    for model, args in commands.items():
+        assert args.pop('dataset') == 'Office'
+        backbone = model.removesuffix('_LRD')
+        expected = _protocol_args(backbone)
+        if model != backbone:
+            expected['alpha'] = '0.1'
+        assert args == expected, f'{model}: docs/experiments.md {args} != docstring {expected}'
