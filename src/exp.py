@@ -5,6 +5,7 @@
         --grid 'lr=1e-3,1e-4 lamda=0.1,1,5,10' --n_seeds 5 --out results/office.csv
     python src/exp.py select --csv results/office.csv --by dev_NDCG@5
     python src/exp.py report --csv results/office.csv --out docs/results_table.md --latex docs/results_table.tex
+    python src/exp.py table3 --dataset Office --n_seeds 5 --jobs 2   # Table 3: 8 models × 5 seeds → docs/results.md
     python src/exp.py arg-docs --out docs/arguments.md          # regenerate the arguments reference
 
 ``run`` is the default sub-command (``python src/exp.py --base ... --out ...`` works too). Running the same
@@ -21,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import experiments as ex  # noqa: E402
 
-SUBCOMMANDS = ('run', 'select', 'report', 'arg-docs')
+SUBCOMMANDS = ('run', 'select', 'report', 'table3', 'arg-docs')
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -88,6 +89,28 @@ def add_report_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def add_table3_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from utils.table3 import PAPER_MODELS
+    parser.add_argument('--dataset', type=str, required=True, help='Dataset folder name under --path (via --base).')
+    parser.add_argument('--models', type=str, default=','.join(PAPER_MODELS),
+                        help="Comma-separated models, each run with its class' paper_args (the protocol its "
+                             'docstring gives).')
+    parser.add_argument('--n_seeds', type=int, default=5, help='Seeds per model (seed0, seed0+1, ...).')
+    parser.add_argument('--seed0', type=int, default=0, help='First random seed.')
+    parser.add_argument('--base', type=str, default='',
+                        help="main.py arguments every run gets, e.g. \"--path data --gpu ''\" or '--time_budget 600'.")
+    parser.add_argument('--jobs', type=int, default=1, help='Runs at a time (as exp.py run).')
+    parser.add_argument('--gpus', type=str, default='', help='GPU ids handed round robin to the job slots (as exp.py run).')
+    parser.add_argument('--timeout', type=float, default=0, help='Seconds after which a run is killed (0 = no limit).')
+    parser.add_argument('--out', type=str, default='',
+                        help='Results CSV, created or resumed (default: results/<dataset>_table3.csv).')
+    parser.add_argument('--results_md', type=str, default='docs/results.md',
+                        help='Page whose "table3 <dataset>" section is written (replaced on every call).')
+    parser.add_argument('--metrics', type=str, default='HR@5,HR@10,NDCG@5,NDCG@10', help='Test metrics (columns).')
+    parser.add_argument('--by', type=str, default='dev_NDCG@5', help='Dev metric shown next to each configuration.')
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='exp.py', description=__doc__.split('\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     select.add_argument('--commands_out', type=str, default='',
                         help='Write the selected configurations as a command file (rerun them with more seeds).')
     add_report_args(sub.add_parser('report', help='Table-3-style markdown/LaTeX of test metrics with t-tests.'))
+    add_table3_args(sub.add_parser('table3', help="Table 3 in one command: every model's paper protocol × seeds, "
+                                                  'then the table with its grid and wall time into docs/results.md.'))
     docs = sub.add_parser('arg-docs', help='Regenerate docs/arguments.md from the parsers.')
     docs.add_argument('--out', type=str, default='', help='Output file (default: <repo>/docs/arguments.md).')
     docs.add_argument('--check', type=int, default=0, help='Only check that the file is up to date (exit 1 if not).')
@@ -187,6 +212,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_table3(args: argparse.Namespace) -> int:
+    from utils.table3 import run_table3
+    out = args.out or os.path.join('results', f'{args.dataset}_table3.csv')
+    counts = run_table3(args.dataset, out, args.results_md, models=[m for m in args.models.split(',') if m],
+                        n_seeds=args.n_seeds, seed0=args.seed0, base=shlex.split(args.base), jobs=args.jobs,
+                        gpus=[g for g in args.gpus.split(',') if g] or None, timeout=args.timeout or None,
+                        metrics=tuple(m.strip() for m in args.metrics.split(',') if m.strip()), by=args.by,
+                        command='python src/exp.py ' + shlex.join(sys.argv[1:]))
+    print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {out}')
+    return 1 if counts['failed'] else 0
+
+
 def cmd_arg_docs(args: argparse.Namespace) -> int:
     from utils import arg_docs
     out = args.out or str(arg_docs.DEFAULT_PATH)
@@ -211,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
         argv = ['run'] + argv
     args = build_parser().parse_args(argv)
     try:
-        return {'run': cmd_run, 'select': cmd_select, 'report': cmd_report, 'arg-docs': cmd_arg_docs}[args.command](args)
+        commands = {'run': cmd_run, 'select': cmd_select, 'report': cmd_report, 'table3': cmd_table3,
+                    'arg-docs': cmd_arg_docs}
+        return commands[args.command](args)
     except (ex.SpecError, ValueError, FileNotFoundError, RuntimeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -408,3 +408,49 @@ def test_table3_commands_in_docs_match_the_model_docstrings():
         if model != backbone:
             expected['alpha'] = '0.1'
         assert args == expected, f'{model}: docs/experiments.md {args} != docstring {expected}'
+
+
+def test_paper_args_are_the_docstring_protocol():
+    from utils.registry import find_model
+    for model in ('Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'KDA'):
+        assert dict(re.findall(r'--(\w+) (\S+)', find_model(model).paper_args)) == _protocol_args(model), model
+    assert find_model('KDA_LRD').paper_args == find_model('KDA').paper_args
+    assert find_model('RCF_LRD').paper_args == find_model('RCF').paper_args
+
+
+def test_table3_runs_the_protocols_and_writes_a_section(tmp_path, fake_child):
+    from utils import table3
+    child, calls = fake_child
+    page = tmp_path / 'results.md'
+    page.write_text('# Results\n\nIntro kept.\n')
+    out = tmp_path / 'table3.csv'
+    kw = dict(child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log', model_dir=tmp_path / 'model',
+              echo=lambda *a: None, poll_s=0.02)
+    counts = table3.run_table3('Office', out, page, models=['SASRec', 'KDA', 'KDA_LRD'], n_seeds=2,
+                               base=['--path', 'data'], command='exp.py table3 --dataset Office', **kw)
+    assert counts == {'ok': 6, 'failed': 0, 'skipped': 0}
+    argv = [a for a in calls() if a[a.index('--model_name') + 1] == 'KDA' and a[a.index('--random_seed') + 1] == '1']
+    assert len(argv) == 1 and argv[0][argv[0].index('--num_layers') + 1] == '5' and '--path' in argv[0]
+    text = page.read_text()
+    assert text.startswith('# Results\n\nIntro kept.\n')
+    section = text.split('<!-- table3 Office begin -->')[1].split('<!-- table3 Office end -->')[0]
+    assert '## Table 3 on Office' in section and '### Overall performance' in section and '#### Office' in section
+    assert 'python src/main.py --model_name KDA_LRD --dataset Office --emb_size 64 --include_attr 1' in section
+    assert 'Runs: 6 (3 models × seeds 0..1); 6 finished, 0 failed' in section and 'Wall time:' in section
+    for row in ('| SASRec |', '| KDA |', '| KDA_LRD |', '| Improv. vs KDA |'):
+        assert row in section
+    # a second call resumes (nothing reruns) and replaces the section; a failing dataset gets its own section
+    assert table3.run_table3('Office', out, page, models=['SASRec', 'KDA', 'KDA_LRD'], n_seeds=2,
+                             base=['--path', 'data'], **kw)['skipped'] == 6
+    table3.run_table3('ML', out, page, models=['SASRec'], n_seeds=1, base=['--optimizer', 'Crash'], **kw)
+    text = page.read_text()
+    assert text.count('<!-- table3 Office begin -->') == 1 and text.count('Intro kept.') == 1
+    ml = text.split('<!-- table3 ML begin -->')[1]
+    assert 'Not in the table (fewer than 1 finished seeds): SASRec.' in ml
+    assert 'ValueError: unknown optimizer Crash' in ml
+
+
+def test_table3_refuses_a_model_without_protocol():
+    from utils import table3
+    with pytest.raises(ValueError, match='BPRMF has no paper_args'):
+        table3.protocol_commands('Office', ['SASRec', 'BPRMF'])

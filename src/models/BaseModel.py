@@ -32,6 +32,7 @@ def batched(method: Callable) -> Callable:
 class BaseModel(nn.Module):
     reader, runner = None, None  # names of the reader and runner classes in src/helpers
     extra_log_args: list[str] = []
+    paper_args = ''  # main.py arguments of the paper's Table-3 protocol, run by `exp.py table3` ('' = none)
 
     @staticmethod
     def parse_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -155,18 +155,20 @@ def _best_means(entries: list[Entry], metrics: list[str]) -> dict[tuple[str, str
 
 
 def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
-                    source: str = '') -> str:
+                    source: str = '', level: int = 1) -> str:
     """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
-    "Improv." row under each X_LRD with the relative improvement over X and the paired t-test p-value."""
+    "Improv." row under each X_LRD with the relative improvement over X and the paired t-test p-value.
+    ``level`` is the heading level of the title (2 or more to nest the table in a page)."""
     best = _best_means(entries, metrics)
-    out = ['# Overall performance (test set)', '',
+    title, sub = '#' * level, '#' * (level + 1)
+    out = [f'{title} Overall performance (test set)', '',
            f'Source: `{source}`. Each model\'s configuration is the one with the best mean {by} over seeds; '
            'cells are mean ± std of the test metric over that configuration\'s seeds. '
            f'"Improv." is the relative improvement of X_LRD over X; p is a two-sided paired t-test over '
            f'common seeds (scipy.stats.ttest_rel); {DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
            'Bold: best mean per column.', '']
     for dataset in dict.fromkeys(e.dataset for e in entries):
-        out += [f'## {dataset}', '', '| Model | ' + ' | '.join(metrics) + ' | seeds |',
+        out += [f'{sub} {dataset}', '', '| Model | ' + ' | '.join(metrics) + ' | seeds |',
                 '|---|' + '---:|' * len(metrics) + '---:|']
         for e in (x for x in entries if x.dataset == dataset):
             cells = []
@@ -180,7 +182,7 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
                 cells = [f'{e.improv[m]:+.2%} (p={_fmt_p(e.p[m])}){significance_mark(e.p[m])}' for m in metrics]
                 out.append(f'| Improv. vs {e.baseline} | ' + ' | '.join(cells) + f' | {e.n_pairs} paired |')
         out.append('')
-    out += ['## Selected configurations', '',
+    out += [f'{sub} Selected configurations', '',
             '| Dataset | Model | seeds | ' + f'{by} (mean) | arguments (non-default) |', '|---|---|---|---:|---|']
     for e in entries:
         out.append(f'| {e.dataset} | {e.model} | {",".join(map(str, e.seeds))} | {_fmt(e.dev, digits)} | '

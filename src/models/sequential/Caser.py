@@ -26,6 +26,8 @@ from models.BaseModel import SequentialModel
 class Caser(SequentialModel):
     reader, runner = 'SeqReader', 'BaseRunner'
     extra_log_args = ['emb_size', 'num_horizon', 'num_vertical', 'L']
+    paper_args = ('--emb_size 64 --L 5 --num_horizon 64 --num_vertical 32'
+                  ' --lr 1e-3 --l2 1e-4 --history_max 20')
 
     @staticmethod
     def parse_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -19,6 +19,8 @@ from models.BaseModel import SequentialModel
 class GRU4Rec(SequentialModel):
     reader, runner = 'SeqReader', 'BaseRunner'
     extra_log_args = ['emb_size', 'hidden_size']
+    paper_args = ('--emb_size 64 --hidden_size 100 --lr 1e-3 --l2 1e-4'
+                  ' --history_max 20')
 
     @staticmethod
     def parse_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

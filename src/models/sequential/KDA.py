@@ -23,6 +23,8 @@ from models.sequential.RCF import RCF
 class KDA(RCF):
     reader = 'KDAReader'
     extra_log_args = RCF.extra_log_args + ['freq_rand']
+    paper_args = ('--emb_size 64 --include_attr 1 --include_val 1'
+                  ' --freq_rand 1 --lr 1e-3 --l2 1e-6 --num_heads 4 --num_layers 5 --gamma -1 --history_max 20')
 
     def __init__(self, args: argparse.Namespace, corpus):
         self.freq_x = corpus.freq_x

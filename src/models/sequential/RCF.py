@@ -27,6 +27,8 @@ from utils.sampling import contains
 class RCF(SequentialModel):
     reader, runner = 'KGReader', 'BaseRunner'
     extra_log_args = ['emb_size', 'num_layers', 'num_heads', 'gamma', 'include_val']
+    paper_args = ('--emb_size 64 --include_attr 1 --include_val 1 --lr 1e-4'
+                  ' --l2 1e-6 --num_heads 4 --num_layers 5 --gamma -1 --history_max 20')
 
     @staticmethod
     def parse_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -18,6 +18,8 @@ from utils import layers
 class SASRec(SequentialModel):
     reader, runner = 'SeqReader', 'BaseRunner'
     extra_log_args = ['emb_size', 'num_layers', 'num_heads']
+    paper_args = ('--emb_size 64 --num_layers 1 --num_heads 4 --lr 1e-3'
+                  ' --l2 1e-6 --history_max 20')
 
     @staticmethod
     def parse_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -46,6 +46,8 @@ def user_min_intervals(user_ids: np.ndarray, times: np.ndarray, n_users: int, ca
 
 class TiSASRec(SASRec):
     extra_log_args = ['emb_size', 'num_layers', 'num_heads', 'time_max']
+    paper_args = ('--emb_size 64 --num_layers 1 --num_heads 4 --time_max 512'
+                  ' --lr 1e-3 --l2 1e-6 --history_max 20')
 
     @staticmethod
     def parse_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
