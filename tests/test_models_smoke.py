@@ -210,3 +210,27 @@ def test_time_budget_stops_after_the_epoch_that_exhausts_it(tiny_root, tmp_path)
 def test_without_budget_the_epoch_limit_ends_training(tiny_root, tmp_path):
     results = run_main('SASRec', tiny_root, tmp_path, '--epoch', '2', '--early_stop', '0')
     assert (results['epochs'], results['stop_reason']) == (2, 'max_epoch')
+
+
+def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, tmp_path, monkeypatch):
+    """Dev NDCG@5 .5, .4, .3, .2 with patience 0: the rate halves after epochs 2, 3 and 4."""
+    from helpers.BaseRunner import BaseRunner
+    dev_values, original = iter([0.5, 0.4, 0.3, 0.2]), BaseRunner.evaluate
+
+    def evaluate(self, dataset, topks, metrics):
+        if topks == [self.main_topk]:  # the per-epoch dev check of the training loop
+            value = next(dev_values)
+            return {'NDCG@5': value, 'HR@5': value}
+        return original(self, dataset, topks, metrics)
+    monkeypatch.setattr(BaseRunner, 'evaluate', evaluate)
+    run_main('SASRec', tiny_root, tmp_path, '--epoch', '4', '--early_stop', '0', '--lr', '1e-3',
+             '--lr_scheduler', 'plateau', '--lr_patience', '0', '--lr_factor', '0.5')
+    log = (tmp_path / 'log' / 'SASRec.txt').read_text()
+    assert 'Learning rate' not in log.split('Epoch 2')[0]
+    for epoch, (before, after) in zip((2, 3, 4), (('0.001', '0.0005'), ('0.0005', '0.00025'), ('0.00025', '0.000125'))):
+        assert f'Learning rate {before} -> {after} after epoch {epoch}' in log
+
+
+def test_without_scheduler_the_rate_stays(tiny_root, tmp_path):
+    run_main('SASRec', tiny_root, tmp_path, '--epoch', '3', '--early_stop', '0')
+    assert 'Learning rate' not in (tmp_path / 'log' / 'SASRec.txt').read_text()

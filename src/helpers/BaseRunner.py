@@ -54,6 +54,15 @@ class BaseRunner:
                             help='Learning rate.')
         parser.add_argument('--l2', type=float, default=0,
                             help='Weight decay in optimizer.')
+        parser.add_argument('--lr_scheduler', type=str, default='', choices=['', 'plateau'],
+                            help='plateau: multiply the learning rate by --lr_factor when the dev main metric has '
+                                 'not improved for --lr_patience epochs (torch ReduceLROnPlateau), so a high '
+                                 'starting --lr can escape the start-up plateau and still converge; '
+                                 'empty = constant --lr, as the paper.')
+        parser.add_argument('--lr_factor', type=float, default=0.5, help='Factor of each --lr_scheduler reduction.')
+        parser.add_argument('--lr_patience', type=int, default=2,
+                            help='Epochs without a new best dev result before --lr_scheduler reduces the rate.')
+        parser.add_argument('--min_lr', type=float, default=1e-5, help='Floor of --lr_scheduler reductions.')
         parser.add_argument('--batch_size', type=int, default=256,
                             help='Batch size during training. Under torchrun it is per process: a step '
                                  'trains on batch_size x WORLD_SIZE instances, so scale --lr with the world '
@@ -96,6 +105,8 @@ class BaseRunner:
         self.epochs_run = 0
         self.stop_reason = ''
         self.learning_rate = args.lr
+        self.lr_scheduler = args.lr_scheduler
+        self.lr_factor, self.lr_patience, self.min_lr = args.lr_factor, args.lr_patience, args.min_lr
         self.batch_size = args.batch_size
         self.eval_batch_size = args.eval_batch_size
         self.l2 = args.l2
@@ -114,6 +125,7 @@ class BaseRunner:
         self.sparse_embeddings = args.sparse_embeddings
         self._ddp = None  # the DistributedDataParallel wrapper of the trained model (torchrun only)
         self._fit_calls = 0
+        self._scheduled, self._schedulers = None, []  # the optimizer the --lr_scheduler schedulers drive
 
     @staticmethod
     def _progress_kwargs() -> dict:
@@ -231,6 +243,7 @@ class BaseRunner:
                     dist_utils.barrier()
                     logging_str += ' *'
                 logging.info(logging_str)
+                self._step_lr(model, main_metric_results[-1], epoch + 1)
                 self.epochs_run = epoch + 1
                 stop = self.early_stop > 0 and self.eval_termination(main_metric_results)
                 if dist_utils.broadcast_object(stop):  # rank 0 decides, every rank stops with it
@@ -265,6 +278,24 @@ class BaseRunner:
             if dist_utils.is_main():
                 model.load_model()
             dist_utils.broadcast_state(model)  # every rank continues with rank 0's best model
+
+    def _step_lr(self, model: BaseModel, dev_metric: float, epoch: int) -> None:
+        """Feed the dev main metric to ``--lr_scheduler`` (every rank sees the same value) and log changes."""
+        if not self.lr_scheduler:
+            return
+        if self._scheduled is not model.optimizer:
+            opts = ([model.optimizer.dense, model.optimizer.sparse]
+                    if isinstance(model.optimizer, optim.CombinedOptimizer) else [model.optimizer])
+            self._schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(
+                o, mode='max', factor=self.lr_factor, patience=self.lr_patience, min_lr=self.min_lr) for o in opts]
+            self._scheduled = model.optimizer
+        before = self._schedulers[0].optimizer.param_groups[0]['lr']
+        for scheduler in self._schedulers:
+            scheduler.step(dev_metric)
+        after = self._schedulers[0].optimizer.param_groups[0]['lr']
+        if after != before:
+            logging.info(f'Learning rate {before:.3g} -> {after:.3g} after epoch {epoch} '
+                         f'(no better dev {self.main_metric} for {self.lr_patience + 1} epochs).')
 
     def _out_of_time(self, loop_start: float, epochs_done: int) -> bool:
         """True when one more epoch (at the mean epoch time so far) would end past ``--time_budget``."""
