@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import main  # noqa: E402
 from utils import metrics as metric_utils  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
-from utils.runtime import init_seed, pick_device  # noqa: E402
+from utils.runtime import configure_cpu, init_seed, pick_device  # noqa: E402
 
 
 def peak_rss_gb() -> float:
@@ -49,6 +49,7 @@ def bench(argv: list[str]) -> dict:
             rest.append(a)
     parser, model_cls, reader_cls, runner_cls = main.build_parser(rest)
     args = parser.parse_args(rest)
+    configure_cpu(args)
     args.device = pick_device(args.gpu)
     args.model_path = args.model_path or os.path.join(tempfile.mkdtemp(), 'bench.pt')
     init_seed(args.random_seed)

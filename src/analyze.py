@@ -123,8 +123,10 @@ def load_trained(main_argv: list[str], model_path: str | None = None, strict: bo
     import torch
     import main
     from utils.corpus_cache import load_corpus
+    from utils.runtime import configure_cpu
     parser, model_cls, reader_cls, _ = main.build_parser(main_argv)
     args = parser.parse_args(main_argv) if strict else parser.parse_known_args(main_argv)[0]
+    configure_cpu(args)
     path = model_path or args.model_path
     if not path:
         raise ValueError(f'{args.model_name}: give the checkpoint with --model_path (or use --csv)')

@@ -21,7 +21,7 @@ from utils import distributed as dist_utils  # noqa: E402
 from utils import registry  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
 from utils.metrics import format_metrics  # noqa: E402
-from utils.runtime import REPO_DIR, check_dir, init_seed, pick_device  # noqa: E402
+from utils.runtime import REPO_DIR, check_dir, configure_cpu, init_seed, pick_device  # noqa: E402
 
 MAX_RUN_NAME = 160  # file systems allow 255 bytes; leave room for suffixes like '.txt'
 
@@ -43,6 +43,10 @@ def parse_global_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         help='To save the final validation and test results or not.')
     parser.add_argument('--regenerate', type=int, default=0,
                         help='Whether to regenerate intermediate files')
+    parser.add_argument('--flush_denormal', type=int, default=1,
+                        help='Treat subnormal floats as zero on the CPU (torch.set_flush_denormal): trained '
+                             'KDA_LRD weights hold a few, which made CPU epochs and evaluation about 2x slower '
+                             '(docs/performance.md). 0 = IEEE subnormals. No effect on GPUs.')
     return dist_utils.parse_ddp_args(parser)
 
 
@@ -177,7 +181,7 @@ def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser, model_cls, reader_cls, runner_cls = build_parser(argv)
     args = parser.parse_args(argv)
-    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
+    configure_cpu(args)
     if not dist_utils.launched():
         return run(args, model_cls, reader_cls, runner_cls)
     try:  # a failing rank reports its error and leaves the group; torchrun then stops the others

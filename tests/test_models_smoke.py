@@ -234,3 +234,18 @@ def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, t
 def test_without_scheduler_the_rate_stays(tiny_root, tmp_path):
     run_main('SASRec', tiny_root, tmp_path, '--epoch', '3', '--early_stop', '0')
     assert 'Learning rate' not in (tmp_path / 'log' / 'SASRec.txt').read_text()
+
+
+def test_flush_denormal_is_on_by_default_and_can_be_turned_off(tiny_root, tmp_path):
+    """Subnormal inputs read as zero after main (the fast path); --flush_denormal 0 keeps IEEE subnormals."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip('this CPU has no flush-to-zero mode (torch.set_flush_denormal needs x86 SSE3)')
+    torch.set_flush_denormal(False)
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    try:
+        run_main('SASRec', tiny_root, tmp_path / 'on')
+        assert (tiny * 2).item() == 0.0
+        run_main('SASRec', tiny_root, tmp_path / 'off', '--flush_denormal', '0')
+        assert (tiny * 2).item() == pytest.approx(2e-39, rel=1e-3)
+    finally:
+        torch.set_flush_denormal(False)
