@@ -17,9 +17,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 import torch  # noqa: E402
 
-import main  # noqa: E402
+from analyze import load_trained  # noqa: E402
 from utils import metrics as metric_utils  # noqa: E402
-from utils.corpus_cache import load_corpus  # noqa: E402
 
 SUBNORMAL = torch.finfo(torch.float32).tiny
 
@@ -29,17 +28,9 @@ def bench(argv: list[str]) -> dict:
     if '--bench_users' in argv:
         i = argv.index('--bench_users')
         users, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
-    parser, model_cls, reader_cls, _ = main.build_parser(argv)
-    args = parser.parse_args(argv)
-    if not args.model_path or not os.path.exists(args.model_path):
-        raise SystemExit(f'error: --model_path {args.model_path!r}: give an existing checkpoint')
-    torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', torch.get_num_threads())))
-    args.device = torch.device('cpu')
-    corpus = load_corpus(reader_cls, args)
-    model = model_cls(args, corpus)
-    model.load_model(args.model_path)
-    model.eval()
-    dev = model_cls.Dataset(model, corpus, 'dev')
+    trained = load_trained(argv)  # the model main.py builds, on the CPU, checkpoint loaded, eval mode
+    model, args = trained.model, trained.args
+    dev = trained.model_cls.Dataset(model, trained.corpus, 'dev')
     dev.prepare()
     users = min(users, len(dev))
     subnormal = sum(int(((p.abs() > 0) & (p.abs() < SUBNORMAL)).sum()) for p in model.parameters())
