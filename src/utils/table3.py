@@ -96,7 +96,7 @@ def run_table3(dataset: str, out_csv: str | os.PathLike, results_md: str | os.Pa
     if len(best):
         table = reports.build_table(ok, best, list(metrics), by)
         lines.append(reports.render_markdown(table, list(metrics), by=by, source=str(out_csv), level=3))
-    missing = [m for m in models if m not in set(best['model'] if len(best) else [])]
+    missing = [m for m in models if m not in set(best['model'])]
     if missing:
         lines.append(f'Not in the table (fewer than {n_seeds} finished seeds): {", ".join(missing)}.')
         for _, row in mine[(mine['status'] == 'failed') & mine['model'].isin(missing)].iterrows():
