@@ -146,6 +146,8 @@ def hand_lrd_loss(net, batch) -> float:
             v_i, v_n, q = ent[history[b, h]], ent[negatives[b, h]], q_all[b, h]
             if lrd.loss_form == 'paper':  # q is 0 on relations left out of reconstruction
                 entropies.append(-(q[first:] * np.log(q[first:])).sum())
+            elif lrd.mask_unreconstructed:  # the authors' scale over the latent relations only
+                entropies.append(-(q[first:] * np.log(q[first:])).mean())
             else:  # the authors' scale: averaged over all relations
                 entropies.append(-(q * np.log(q)).mean())
             pair = 0.0
@@ -163,16 +165,18 @@ def hand_lrd_loss(net, batch) -> float:
 
 
 @pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
-@pytest.mark.parametrize('form, sign, leave', [('paper', 'paper', '1'), ('code', 'code', '1'),
-                                               ('paper', 'code', '0'), ('code', 'paper', '0')])
-def test_lrd_loss_matches_hand_computation(model, form, sign, leave, tiny_root):
+@pytest.mark.parametrize('form, sign, leave, relations', [
+    ('paper', 'paper', '1', 'all'), ('code', 'code', '1', 'all'), ('paper', 'code', '0', 'all'),
+    ('code', 'paper', '0', 'all'), ('code', 'code', '1', 'latent'), ('paper', 'paper', '0', 'latent')])
+def test_lrd_loss_matches_hand_computation(model, form, sign, leave, relations, tiny_root):
     net, data = build(model, tiny_root, '--lrd_loss', form, '--entropy_sign', sign, '--leave_one_latent', leave,
-                      '--alpha', '0.3')
+                      '--alpha', '0.3', '--lrd_relations', relations)
     with torch.no_grad():  # larger embeddings than the init, so that every term matters
         net.entity_embeddings.weight.normal_(0, 0.7)
         net.relation_embeddings.weight.normal_(0, 0.7)
     batch = padded_train_batch(data, 12)
-    assert (net.lrd.loss_form, net.lrd.entropy_sign, net.lrd.first_relation) == (form, sign, int(leave))
+    first = net.relation_num - 3 if relations == 'latent' else int(leave)
+    assert (net.lrd.loss_form, net.lrd.entropy_sign, net.lrd.first_relation) == (form, sign, first)
     with torch.no_grad():
         loss = net.lrd(batch)
     assert loss.shape == ()
@@ -281,6 +285,21 @@ def test_leave_one_latent(leave, relation0_trained, tiny_root):
     grad = net.relation_embeddings.weight.grad.abs().sum(1)
     assert bool(grad[0] > 0) is relation0_trained
     assert (grad[1:] > 0).all()  # every other relation, latent ones included, is reconstructed
+
+
+@pytest.mark.parametrize('form', ['code', 'paper'])
+def test_latent_only_q_reconstructs_only_latent_relations(form, tiny_root):
+    """--lrd_relations latent: q lives on the K latent relations, and only they get LRD gradient."""
+    net, data = build('KDA_LRD', tiny_root, '--lrd_relations', 'latent', '--lrd_loss', form)
+    latent = net.relation_num - 3
+    assert latent == data.corpus.n_relations
+    with torch.no_grad():
+        q = net.lrd.relation_distribution(torch.tensor([[1, 2, 3]]), torch.tensor([[4]]))
+    assert torch.allclose(q.sum(-1), torch.ones(1, 3))
+    assert (q[..., :latent] == 0).all() and (q[..., latent:] > 0).all()
+    net.lrd(padded_train_batch(data)).backward()
+    grad = net.relation_embeddings.weight.grad.abs().sum(1)
+    assert (grad[:latent] == 0).all() and (grad[latent:] > 0).all()
 
 
 # --------------------------------------------------------------------------- --include_lrd 0 == backbone

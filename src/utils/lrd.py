@@ -26,6 +26,10 @@ the paper intends); ``code`` adds it (sharpens q, as the authors' code does). Wi
 the entropy has the code's scale (−q log q averaged over relations, i.e. H/R). Padded history positions
 never contribute (the authors' code averages the entropy over padding too; we treat that as a defect).
 ``--leave_one_latent 1`` drops relation 0 (the virtual sequence relation) from reconstruction, as the code.
+``--lrd_relations latent`` restricts q, the reconstruction and the entropy to the K latent relations. Why:
+with q over every relation, a trained default KDA_LRD on Office put 0.99999994 of q on the predefined
+``category`` relation for every observed pair, so the latent relations got no reconstruction gradient
+(docs/lrd.md).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from models.BaseModel import batched
 from utils.sampling import sample_excluding
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
+                'lrd_relations', 'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
 
 
 class LatentRelationDiscovery(nn.Module):
@@ -61,6 +65,10 @@ class LatentRelationDiscovery(nn.Module):
                                  "which keeps q uniform and the latent relations identical).")
         parser.add_argument('--leave_one_latent', type=int, default=1,
                             help='Drop relation 0 (virtual sequence relation) from reconstruction.')
+        parser.add_argument('--lrd_relations', type=str, default='all', choices=['all', 'latent'],
+                            help='Relations q ranges over: all (the paper and the code) or only the K latent ones '
+                                 '(with all, a trained Office model put all of q on the predefined category '
+                                 'relation, so the latent relations were never reconstructed; docs/lrd.md).')
         return parser
 
     def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
@@ -68,7 +76,11 @@ class LatentRelationDiscovery(nn.Module):
         self.backbone = [backbone]  # a plain list: not a sub-module, so parameters are not registered twice
         self.lamda, self.alpha = args.lamda, args.alpha
         self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
-        self.first_relation = 1 if args.leave_one_latent else 0
+        if args.lrd_relations == 'latent':
+            self.first_relation = backbone.relation_num - args.latent_relation_num
+        else:
+            self.first_relation = 1 if args.leave_one_latent else 0
+        self.mask_unreconstructed = args.lrd_relations == 'latent' or args.lrd_loss == 'paper'
         self.use_llm = args.lrd_feature == 'llm'
         d = backbone.emb_size
         if self.use_llm:
@@ -91,12 +103,13 @@ class LatentRelationDiscovery(nn.Module):
         In the paper form, relations left out of reconstruction (relation 0 with ``--leave_one_latent 1``)
         get q = 0: otherwise that loss, a q-weighted sum of non-negative terms, is minimised by moving all
         of q onto the one relation it never scores, and the latent relations learn nothing. The code form
-        keeps the authors' softmax over all relations (it has no such escape: q_r → 0 costs −log ½).
+        keeps the authors' softmax over all relations (it has no such escape: q_r → 0 costs −log ½), unless
+        ``--lrd_relations latent`` gives q = 0 to every predefined relation.
         """
         e_i, e_j = self.item_representation(items_i), self.item_representation(items_j)
         e_i, e_j = torch.broadcast_tensors(e_i, e_j)
         logits = self.extractor(torch.cat([e_i, e_j], dim=-1))
-        if self.first_relation and self.loss_form == 'paper':
+        if self.first_relation and self.mask_unreconstructed:
             logits = torch.cat([torch.full_like(logits[..., :self.first_relation], -torch.inf),
                                 logits[..., self.first_relation:]], dim=-1)
         return logits.softmax(dim=-1)
@@ -125,8 +138,9 @@ class LatentRelationDiscovery(nn.Module):
             recon = -torch.log(likelihood.clamp(min=1e-12)).mean()
         if self.loss_form == 'paper':  # H[q] per pair
             entropy = -(q_rec * torch.log(q_rec.clamp(min=1e-12))).sum(-1)
-        else:  # the code's scale: −q log q averaged over relations as well
-            entropy = -(q * torch.log(q.clamp(min=1e-12))).mean(-1)
+        else:  # the code's scale: −q log q averaged over the relations q ranges over
+            q_range = q_rec if self.mask_unreconstructed else q
+            entropy = -(q_range * torch.log(q_range.clamp(min=1e-12))).mean(-1)
         entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
         sign = -1.0 if self.entropy_sign == 'paper' else 1.0
         return recon + sign * self.alpha * entropy
