@@ -302,6 +302,27 @@ def test_latent_only_q_reconstructs_only_latent_relations(form, tiny_root):
     assert (grad[:latent] == 0).all() and (grad[latent:] > 0).all()
 
 
+def test_epoch_summary_reports_where_q_puts_its_mass(tiny_root):
+    net, data = build('KDA_LRD', tiny_root)
+    batch = padded_train_batch(data)
+    assert net.epoch_summary() == ''  # nothing seen yet
+    with torch.no_grad():
+        net.lrd(batch)
+        net.lrd(batch)  # sums accumulate over batches; the shares stay those of one batch
+        q = net.lrd.relation_distribution(batch['history_items'], batch['item_id'][:, :1])
+    valid = batch['history_items'] > 0
+    pairs = q[valid]  # valid pairs × R
+    share = pairs.mean(0)
+    top = torch.argsort(share, descending=True)[:3].tolist()
+    latent = float(share[net.relation_num - 3:].sum())
+    expected = (f'LRD q over {2 * int(valid.sum()):,} pairs: mean max {float(pairs.max(-1).values.mean()):.3f}, '
+                f'latent share {latent:.3f}, top relations ' + ', '.join(f'{r}:{float(share[r]):.3f}' for r in top))
+    assert net.epoch_summary() == expected
+    assert net.epoch_summary() == ''  # reset after each report
+    backbone, _ = build('KDA_LRD', tiny_root, '--include_lrd', '0')
+    assert backbone.epoch_summary() == ''
+
+
 # --------------------------------------------------------------------------- --include_lrd 0 == backbone
 
 def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2):
@@ -362,6 +383,8 @@ def test_one_epoch_with_feature_file(model, extra, tiny_root, tmp_path):
     run_main(model, tiny_root, tmp_path, '--plm_name', 'feat:test', *extra)
     log = next((tmp_path / 'log').glob('*.txt')).read_text()
     assert f'Item text features from feat:test: ({N_ITEMS + 1}, {FEAT_DIM})' in log
+    epoch_line = log.index('Epoch 1 ')
+    assert log.index('LRD q over ', epoch_line) > epoch_line  # the epoch's q summary follows its line
 
 
 class WordCountEncoder:

@@ -243,6 +243,9 @@ class BaseRunner:
                     dist_utils.barrier()
                     logging_str += ' *'
                 logging.info(logging_str)
+                summary = model.epoch_summary()
+                if summary:
+                    logging.info(f'            {summary}')
                 self._step_lr(model, main_metric_results[-1], epoch + 1)
                 self.epochs_run = epoch + 1
                 stop = self.early_stop > 0 and self.eval_termination(main_metric_results)

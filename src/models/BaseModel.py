@@ -102,6 +102,11 @@ class BaseModel(nn.Module):
     def actions_after_train(self) -> None:
         pass
 
+    def epoch_summary(self) -> str:
+        """A line the runner logs after each training epoch (then resets): statistics a model gathers
+        while training, e.g. where LRD's relation distribution q puts its mass. Empty: nothing logged."""
+        return ''
+
     class Dataset(TorchDataset):
         def __init__(self, model: 'BaseModel', corpus, phase: str):
             self.model, self.corpus, self.phase = model, corpus, phase

@@ -75,6 +75,7 @@ class LatentRelationDiscovery(nn.Module):
         super().__init__()
         self.backbone = [backbone]  # a plain list: not a sub-module, so parameters are not registered twice
         self.lamda, self.alpha = args.lamda, args.alpha
+        self.latent_num = args.latent_relation_num
         self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
         if args.lrd_relations == 'latent':
             self.first_relation = backbone.relation_num - args.latent_relation_num
@@ -90,6 +91,33 @@ class LatentRelationDiscovery(nn.Module):
         self.extractor = nn.Linear(2 * d, backbone.relation_num)  # Eq. 4
         for module in self.children():
             backbone.reset_weights(module)
+        self.reset_statistics()
+
+    def reset_statistics(self) -> None:
+        """Zero the running sums behind ``summary``: q's mass per relation, its largest entry, the pairs."""
+        self.q_stats: torch.Tensor | None = None
+
+    def _record(self, q: torch.Tensor, valid: torch.Tensor) -> None:
+        """Accumulate on q's device, so that the GPU never waits for the CPU inside an epoch."""
+        with torch.no_grad():
+            q = q.float()
+            stats = torch.cat([(q * valid[..., None]).flatten(0, -2).sum(0),
+                               (q.max(-1).values * valid).sum()[None], valid.sum()[None]]).double()
+            self.q_stats = stats if self.q_stats is None else self.q_stats + stats
+
+    def summary(self) -> str:
+        """Where q put its mass over the training pairs since the last reset: a collapse onto one relation
+        (docs/lrd.md) shows as a mean largest entry near 1 and one relation with all the mass."""
+        if self.q_stats is None or not float(self.q_stats[-1]):
+            return ''
+        stats = self.q_stats.cpu()
+        pairs = float(stats[-1])
+        share = stats[:-2] / pairs
+        latent = share[self.backbone[0].relation_num - self.latent_num:].sum()
+        top = torch.argsort(share, descending=True)[:3].tolist()
+        return (f'LRD q over {int(pairs):,} pairs: mean max {float(stats[-2]) / pairs:.3f}, '
+                f'latent share {float(latent):.3f}, top relations '
+                + ', '.join(f'{r}:{float(share[r]):.3f}' for r in top))
 
     def item_representation(self, items: torch.Tensor) -> torch.Tensor:
         """e_i: projected language features (Eq. 3), or the ID embedding for the w/o-LLM ablation."""
@@ -122,6 +150,7 @@ class LatentRelationDiscovery(nn.Module):
         target = feed_dict['item_id'][:, :1]  # B × 1
         valid = (history > 0).float()
         q = self.relation_distribution(history, target)  # B × H × R
+        self._record(q, valid)
         q_rec = q[..., self.first_relation:]
         r = backbone.relation_embeddings.weight[self.first_relation:]  # R' × d
         v_i, v_n = backbone.entity_embeddings(history), backbone.entity_embeddings(negatives)
@@ -195,3 +224,10 @@ class LRDModel:
     def loss(self, out_dict: dict) -> torch.Tensor:
         loss = super().loss(out_dict)
         return loss + self.lrd.lamda * out_dict['lrd_loss'] if 'lrd_loss' in out_dict else loss
+
+    def epoch_summary(self) -> str:
+        if self.lrd is None:
+            return super().epoch_summary()
+        summary = self.lrd.summary()
+        self.lrd.reset_statistics()
+        return summary
