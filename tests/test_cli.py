@@ -117,7 +117,7 @@ def test_lrd_model_arguments_chain_through_every_parent():
     assert args.include_val == 1 and args.include_kge == 1 and args.num_layers == 1 and args.num_heads == 1
     assert args.latent_relation_num == 5 and args.lamda == 10 and args.alpha == 0.1
     assert args.lrd_loss == 'code' and args.entropy_sign == 'code' and args.leave_one_latent == 1
-    assert args.lrd_feature == 'llm' and args.lrd_relations == 'all'
+    assert args.lrd_feature == 'llm' and args.lrd_relations == 'all' and args.q_balance == 0
 
 
 def test_model_only_arguments_are_rejected_for_other_models():
@@ -129,7 +129,7 @@ def test_run_name():
     args = parse('--model_name', 'KDA_LRD', '--dataset', 'Office', '--random_seed', '3', '--lr', '0.01')
     full = ('KDA_LRD__Office__3__lr=0.01__l2=0__emb_size=64__num_layers=1__num_heads=1__gamma=-1__'
             'include_val=1__freq_rand=0__latent_relation_num=8__lamda=0.1__alpha=0.1__lrd_loss=code__'
-            'entropy_sign=code__leave_one_latent=1__lrd_relations=all__lrd_feature=llm__include_lrd=1__include_kge=1__plm_name=minilm')
+            'entropy_sign=code__leave_one_latent=1__lrd_relations=all__q_balance=0.0__lrd_feature=llm__include_lrd=1__include_kge=1__plm_name=minilm')
     name = main.run_name(args, registry.find_model('KDA_LRD'))
     assert len(name) == main.MAX_RUN_NAME
     assert name == full[:main.MAX_RUN_NAME - 10] + '__' + hashlib.sha1(full.encode()).hexdigest()[:8]

@@ -137,13 +137,14 @@ def hand_lrd_loss(net, batch) -> float:
     first = lrd.first_relation
     log_sigmoid = lambda x: -np.logaddexp(0, -x)  # noqa: E731
     sigmoid = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    nll, entropies, per_user_relation = [], [], []
+    nll, entropies, per_user_relation, q_pairs = [], [], [], []
     for b in range(len(history)):
         valid = [h for h in range(history.shape[1]) if history[b, h] > 0]
         v_j = ent[target[b]]
         likelihood = {r: [] for r in range(first, len(rel))}
         for h in valid:
             v_i, v_n, q = ent[history[b, h]], ent[negatives[b, h]], q_all[b, h]
+            q_pairs.append(q[first:] if lrd.loss_form == 'paper' or lrd.mask_unreconstructed else q)
             if lrd.loss_form == 'paper':  # q is 0 on relations left out of reconstruction
                 entropies.append(-(q[first:] * np.log(q[first:])).sum())
             elif lrd.mask_unreconstructed:  # the authors' scale over the latent relations only
@@ -161,16 +162,20 @@ def hand_lrd_loss(net, batch) -> float:
         per_user_relation.extend(-np.log(np.mean(v)) for v in likelihood.values())
     recon = np.mean(nll) if lrd.loss_form == 'paper' else np.mean(per_user_relation)
     sign = -1.0 if lrd.entropy_sign == 'paper' else 1.0
-    return recon + sign * lrd.alpha * np.mean(entropies)
+    q_bar = np.mean(q_pairs, axis=0)  # q averaged over the valid pairs
+    marginal = -(q_bar * np.log(q_bar))
+    marginal = marginal.sum() if lrd.loss_form == 'paper' else marginal.mean()
+    return recon + sign * lrd.alpha * np.mean(entropies) - lrd.q_balance * marginal
 
 
 @pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
-@pytest.mark.parametrize('form, sign, leave, relations', [
-    ('paper', 'paper', '1', 'all'), ('code', 'code', '1', 'all'), ('paper', 'code', '0', 'all'),
-    ('code', 'paper', '0', 'all'), ('code', 'code', '1', 'latent'), ('paper', 'paper', '0', 'latent')])
-def test_lrd_loss_matches_hand_computation(model, form, sign, leave, relations, tiny_root):
+@pytest.mark.parametrize('form, sign, leave, relations, balance', [
+    ('paper', 'paper', '1', 'all', '0'), ('code', 'code', '1', 'all', '0'), ('paper', 'code', '0', 'all', '0'),
+    ('code', 'paper', '0', 'all', '0'), ('code', 'code', '1', 'latent', '0'), ('paper', 'paper', '0', 'latent', '0'),
+    ('code', 'code', '1', 'latent', '0.7'), ('paper', 'code', '1', 'all', '0.7'), ('code', 'code', '1', 'all', '0.7')])
+def test_lrd_loss_matches_hand_computation(model, form, sign, leave, relations, balance, tiny_root):
     net, data = build(model, tiny_root, '--lrd_loss', form, '--entropy_sign', sign, '--leave_one_latent', leave,
-                      '--alpha', '0.3', '--lrd_relations', relations)
+                      '--alpha', '0.3', '--lrd_relations', relations, '--q_balance', balance)
     with torch.no_grad():  # larger embeddings than the init, so that every term matters
         net.entity_embeddings.weight.normal_(0, 0.7)
         net.relation_embeddings.weight.normal_(0, 0.7)

@@ -26,6 +26,10 @@ the paper intends); ``code`` adds it (sharpens q, as the authors' code does). Wi
 the entropy has the code's scale (−q log q averaged over relations, i.e. H/R). Padded history positions
 never contribute (the authors' code averages the entropy over padding too; we treat that as a defect).
 ``--leave_one_latent 1`` drops relation 0 (the virtual sequence relation) from reconstruction, as the code.
+``--q_balance β`` subtracts β·H[q̄], q̄ = q averaged over the batch's valid pairs (same scale as the entropy
+term): sharp q per pair, but different relations for different pairs (the mutual-information objective of
+discrete clustering). Without it, even q restricted to the latent relations put 0.999 of its mass on one
+latent relation for every pair after 2 Office epochs.
 ``--lrd_relations latent`` restricts q, the reconstruction and the entropy to the K latent relations. Why:
 with q over every relation, a trained default KDA_LRD on Office put 0.99999994 of q on the predefined
 ``category`` relation for every observed pair, so the latent relations got no reconstruction gradient
@@ -44,7 +48,7 @@ from models.BaseModel import batched
 from utils.sampling import sample_excluding
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_relations', 'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
+                'lrd_relations', 'q_balance', 'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
 
 
 class LatentRelationDiscovery(nn.Module):
@@ -69,6 +73,10 @@ class LatentRelationDiscovery(nn.Module):
                             help='Relations q ranges over: all (the paper and the code) or only the K latent ones '
                                  '(with all, a trained Office model put all of q on the predefined category '
                                  'relation, so the latent relations were never reconstructed; docs/lrd.md).')
+        parser.add_argument('--q_balance', type=float, default=0.0,
+                            help='Weight β of a bonus on the entropy of q averaged over the batch\'s pairs: with '
+                                 'the sharpening entropy (β = α) the pair and its relation share maximal mutual '
+                                 'information; without it q collapsed onto one relation for every pair (docs/lrd.md).')
         return parser
 
     def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
@@ -76,6 +84,7 @@ class LatentRelationDiscovery(nn.Module):
         self.backbone = [backbone]  # a plain list: not a sub-module, so parameters are not registered twice
         self.lamda, self.alpha = args.lamda, args.alpha
         self.latent_num = args.latent_relation_num
+        self.q_balance = args.q_balance
         self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
         if args.lrd_relations == 'latent':
             self.first_relation = backbone.relation_num - args.latent_relation_num
@@ -165,14 +174,20 @@ class LatentRelationDiscovery(nn.Module):
             neg = q_rec * ((v_n * v_j + v_n + v_j) @ r.T)
             likelihood = (torch.sigmoid(pos - neg) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
             recon = -torch.log(likelihood.clamp(min=1e-12)).mean()
-        if self.loss_form == 'paper':  # H[q] per pair
-            entropy = -(q_rec * torch.log(q_rec.clamp(min=1e-12))).sum(-1)
-        else:  # the code's scale: −q log q averaged over the relations q ranges over
-            q_range = q_rec if self.mask_unreconstructed else q
-            entropy = -(q_range * torch.log(q_range.clamp(min=1e-12))).mean(-1)
-        entropy = (entropy * valid).sum() / valid.sum().clamp(min=1)
+        q_range = q_rec if self.loss_form == 'paper' or self.mask_unreconstructed else q
+        pairs = valid.sum().clamp(min=1)
+        entropy = (self._entropy(q_range) * valid).sum() / pairs
         sign = -1.0 if self.entropy_sign == 'paper' else 1.0
-        return recon + sign * self.alpha * entropy
+        loss = recon + sign * self.alpha * entropy
+        if self.q_balance:
+            marginal = (q_range * valid[..., None]).flatten(0, -2).sum(0) / pairs  # q averaged over the pairs
+            loss = loss - self.q_balance * self._entropy(marginal)
+        return loss
+
+    def _entropy(self, q: torch.Tensor) -> torch.Tensor:
+        """H[q] over the last dim; in the code form on the code's scale, −q log q averaged over relations."""
+        terms = -(q * torch.log(q.clamp(min=1e-12)))
+        return terms.sum(-1) if self.loss_form == 'paper' else terms.mean(-1)
 
 
 class LRDDataset:
