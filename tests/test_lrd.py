@@ -428,3 +428,18 @@ def test_without_llm_no_text_is_encoded(tiny_root, monkeypatch):
     net, data = build('KDA_LRD', tiny_root, '--plm_name', 'minilm', '--lrd_feature', 'id')
     assert data.corpus.item_features is None and not hasattr(net.lrd, 'projection')
     assert torch.isfinite(net.lrd(padded_train_batch(data)))
+
+
+def test_probe_script_reports_q_per_epoch(tiny_root, capsys):
+    """bench/probe_q.py: training-only epochs, each with the model's q summary."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('probe_q', REPO / 'bench' / 'probe_q.py')
+    probe_q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe_q)
+    rows = probe_q.probe(['--probe_epochs', '2', '--model_name', 'KDA_LRD', '--path', str(tiny_root),
+                          '--dataset', 'Tiny', '--gpu', '', '--plm_name', 'feat:test', '--latent_relation_num', '3',
+                          '--emb_size', '8', '--history_max', '6', '--include_attr', '1', '--batch_size', '16',
+                          '--lrd_relations', 'latent'])
+    assert [r['epoch'] for r in rows] == [1, 2] and all(np.isfinite(r['loss']) for r in rows)
+    assert all(r['summary'].startswith('LRD q over ') and 'latent share 1.000' in r['summary'] for r in rows)
+    assert capsys.readouterr().out.count('"summary"') == 2
