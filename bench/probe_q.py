@@ -17,7 +17,6 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
 import main  # noqa: E402
-from helpers.BaseRunner import BaseRunner  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
 from utils.runtime import configure_cpu, init_seed, pick_device  # noqa: E402
 
@@ -27,7 +26,7 @@ def probe(argv: list[str]) -> list[dict]:
     if '--probe_epochs' in argv:
         i = argv.index('--probe_epochs')
         epochs, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
-    parser, model_cls, reader_cls, _ = main.build_parser(argv)
+    parser, model_cls, reader_cls, runner_cls = main.build_parser(argv)
     args = parser.parse_args(argv)
     configure_cpu(args)
     init_seed(args.random_seed)
@@ -36,7 +35,7 @@ def probe(argv: list[str]) -> list[dict]:
     model = model_cls(args, corpus).to(args.device)
     data = model_cls.Dataset(model, corpus, 'train')
     data.prepare()
-    runner = BaseRunner(args)
+    runner = runner_cls(args)
     model.actions_before_train()
     rows = []
     for epoch in range(1, epochs + 1):

@@ -83,11 +83,11 @@ class LatentRelationDiscovery(nn.Module):
         super().__init__()
         self.backbone = [backbone]  # a plain list: not a sub-module, so parameters are not registered twice
         self.lamda, self.alpha = args.lamda, args.alpha
-        self.latent_num = args.latent_relation_num
+        self.latent_start = backbone.relation_num - args.latent_relation_num  # latent relations come last
         self.q_balance = args.q_balance
         self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
         if args.lrd_relations == 'latent':
-            self.first_relation = backbone.relation_num - args.latent_relation_num
+            self.first_relation = self.latent_start
         else:
             self.first_relation = 1 if args.leave_one_latent else 0
         self.mask_unreconstructed = args.lrd_relations == 'latent' or args.lrd_loss == 'paper'
@@ -122,7 +122,7 @@ class LatentRelationDiscovery(nn.Module):
         stats = self.q_stats.cpu()
         pairs = float(stats[-1])
         share = stats[:-2] / pairs
-        latent = share[self.backbone[0].relation_num - self.latent_num:].sum()
+        latent = share[self.latent_start:].sum()
         top = torch.argsort(share, descending=True)[:3].tolist()
         return (f'LRD q over {int(pairs):,} pairs: mean max {float(stats[-2]) / pairs:.3f}, '
                 f'latent share {float(latent):.3f}, top relations '
@@ -174,7 +174,7 @@ class LatentRelationDiscovery(nn.Module):
             neg = q_rec * ((v_n * v_j + v_n + v_j) @ r.T)
             likelihood = (torch.sigmoid(pos - neg) * valid[..., None]).sum(1) / valid.sum(1, keepdim=True).clamp(min=1)
             recon = -torch.log(likelihood.clamp(min=1e-12)).mean()
-        q_range = q_rec if self.loss_form == 'paper' or self.mask_unreconstructed else q
+        q_range = q_rec if self.mask_unreconstructed else q  # the relations q ranges over
         pairs = valid.sum().clamp(min=1)
         entropy = (self._entropy(q_range) * valid).sum() / pairs
         sign = -1.0 if self.entropy_sign == 'paper' else 1.0
