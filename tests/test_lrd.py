@@ -165,17 +165,24 @@ def hand_lrd_loss(net, batch) -> float:
     q_bar = np.mean(q_pairs, axis=0)  # q averaged over the valid pairs
     marginal = -(q_bar * np.log(q_bar))
     marginal = marginal.sum() if lrd.loss_form == 'paper' else marginal.mean()
-    return recon + sign * lrd.alpha * np.mean(entropies) - lrd.q_balance * marginal
+    unit = rel[first:] / np.linalg.norm(rel[first:], axis=1, keepdims=True)
+    cosines = [(unit[k] @ unit[m]) ** 2 for k in range(len(unit)) for m in range(len(unit)) if k != m]
+    diversity = lrd.relation_diversity * np.mean(cosines)
+    return recon + sign * lrd.alpha * np.mean(entropies) - lrd.q_balance * marginal + diversity
 
 
 @pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
-@pytest.mark.parametrize('form, sign, leave, relations, balance', [
-    ('paper', 'paper', '1', 'all', '0'), ('code', 'code', '1', 'all', '0'), ('paper', 'code', '0', 'all', '0'),
-    ('code', 'paper', '0', 'all', '0'), ('code', 'code', '1', 'latent', '0'), ('paper', 'paper', '0', 'latent', '0'),
-    ('code', 'code', '1', 'latent', '0.7'), ('paper', 'code', '1', 'all', '0.7'), ('code', 'code', '1', 'all', '0.7')])
-def test_lrd_loss_matches_hand_computation(model, form, sign, leave, relations, balance, tiny_root):
+@pytest.mark.parametrize('form, sign, leave, relations, balance, diversity', [
+    ('paper', 'paper', '1', 'all', '0', '0'), ('code', 'code', '1', 'all', '0', '0'),
+    ('paper', 'code', '0', 'all', '0', '0'), ('code', 'paper', '0', 'all', '0', '0'),
+    ('code', 'code', '1', 'latent', '0', '0'), ('paper', 'paper', '0', 'latent', '0', '0'),
+    ('code', 'code', '1', 'latent', '0.7', '0'), ('paper', 'code', '1', 'all', '0.7', '0'),
+    ('code', 'code', '1', 'all', '0.7', '0'), ('code', 'code', '1', 'latent', '0.7', '2'),
+    ('paper', 'code', '1', 'all', '0', '2')])
+def test_lrd_loss_matches_hand_computation(model, form, sign, leave, relations, balance, diversity, tiny_root):
     net, data = build(model, tiny_root, '--lrd_loss', form, '--entropy_sign', sign, '--leave_one_latent', leave,
-                      '--alpha', '0.3', '--lrd_relations', relations, '--q_balance', balance)
+                      '--alpha', '0.3', '--lrd_relations', relations, '--q_balance', balance,
+                      '--relation_diversity', diversity)
     with torch.no_grad():  # larger embeddings than the init, so that every term matters
         net.entity_embeddings.weight.normal_(0, 0.7)
         net.relation_embeddings.weight.normal_(0, 0.7)
@@ -307,6 +314,30 @@ def test_latent_only_q_reconstructs_only_latent_relations(form, tiny_root):
     assert (grad[:latent] == 0).all() and (grad[latent:] > 0).all()
 
 
+def test_relation_overlap_by_hand():
+    from utils.lrd import LatentRelationDiscovery
+    relations = torch.tensor([[1., 0.], [0., 2.], [3., 3.]])  # cosines 0, 1/√2, 1/√2
+    overlap = LatentRelationDiscovery.relation_overlap
+    assert float(overlap(relations)) == pytest.approx(1 / 3)  # (0 + ½ + ½) / 3 squared
+    assert float(overlap(relations, squared=False)) == pytest.approx(2 ** 0.5 / 3)
+    assert float(overlap(relations[:1])) == 0.0
+
+
+@pytest.mark.parametrize('diversity', ['0', '5'])
+def test_relation_diversity_pushes_latent_relations_apart(diversity, tiny_root):
+    """One gradient step from nearly collinear latent relations: apart with μ = 5, not without the term."""
+    net, data = build('KDA_LRD', tiny_root, '--lrd_relations', 'latent', '--relation_diversity', diversity)
+    weight = net.relation_embeddings.weight
+    with torch.no_grad():
+        weight[net.relation_num - 3:] = 1.0 + 0.1 * torch.randn(3, net.emb_size)
+    before = float(net.lrd.relation_overlap(weight[net.relation_num - 3:]))
+    net.lrd(padded_train_batch(data)).backward()
+    with torch.no_grad():
+        weight -= 2.0 * weight.grad
+    drop = before - float(net.lrd.relation_overlap(weight[net.relation_num - 3:]))
+    assert drop > 0.05 if diversity == '5' else abs(drop) < 0.01
+
+
 def test_epoch_summary_reports_where_q_puts_its_mass(tiny_root):
     net, data = build('KDA_LRD', tiny_root)
     batch = padded_train_batch(data)
@@ -320,8 +351,12 @@ def test_epoch_summary_reports_where_q_puts_its_mass(tiny_root):
     share = pairs.mean(0)
     top = torch.argsort(share, descending=True)[:3].tolist()
     latent = float(share[net.relation_num - 3:].sum())
+    latent_rel = net.relation_embeddings.weight[net.relation_num - 3:].detach().double().numpy()
+    unit = latent_rel / np.linalg.norm(latent_rel, axis=1, keepdims=True)
+    cosine = ((unit @ unit.T).sum() - 3) / 6  # mean over the 6 off-diagonal pairs of 3 latent relations
     expected = (f'LRD q over {2 * int(valid.sum()):,} pairs: mean max {float(pairs.max(-1).values.mean()):.3f}, '
-                f'latent share {latent:.3f}, top relations ' + ', '.join(f'{r}:{float(share[r]):.3f}' for r in top))
+                f'latent share {latent:.3f}, top relations ' + ', '.join(f'{r}:{float(share[r]):.3f}' for r in top)
+                + f'; latent relation cosine mean {cosine:.3f}')
     assert net.epoch_summary() == expected
     assert net.epoch_summary() == ''  # reset after each report
     backbone, _ = build('KDA_LRD', tiny_root, '--include_lrd', '0')

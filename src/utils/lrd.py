@@ -30,6 +30,10 @@ never contribute (the authors' code averages the entropy over padding too; we tr
 term): sharp q per pair, but different relations for different pairs (the mutual-information objective of
 discrete clustering). Without it, even q restricted to the latent relations put 0.999 of its mass on one
 latent relation for every pair after 2 Office epochs.
+``--relation_diversity μ`` adds μ times the mean squared cosine between the embeddings of the reconstructed
+relations (off-diagonal pairs). Why: with q spread by ``--q_balance``, six of eight latent relation embeddings
+still ended with cosine .95–1.00: relations fed similar pairs get the same gradient direction. Pushed apart,
+different relations score different pairs best, and q (trained to reconstruct) can route pairs between them.
 ``--lrd_relations latent`` restricts q, the reconstruction and the entropy to the K latent relations. Why:
 with q over every relation, a trained default KDA_LRD on Office put 0.99999994 of q on the predefined
 ``category`` relation for every observed pair, so the latent relations got no reconstruction gradient
@@ -48,7 +52,8 @@ from models.BaseModel import batched
 from utils.sampling import sample_excluding
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_relations', 'q_balance', 'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
+                'lrd_relations', 'q_balance', 'relation_diversity', 'lrd_feature', 'include_lrd', 'include_kge',
+                'plm_name']
 
 
 class LatentRelationDiscovery(nn.Module):
@@ -77,6 +82,10 @@ class LatentRelationDiscovery(nn.Module):
                             help='Weight β of a bonus on the entropy of q averaged over the batch\'s pairs: with '
                                  'the sharpening entropy (β = α) the pair and its relation share maximal mutual '
                                  'information; without it q collapsed onto one relation for every pair (docs/lrd.md).')
+        parser.add_argument('--relation_diversity', type=float, default=0.0,
+                            help='Weight μ of the mean squared cosine between reconstructed relation embeddings: '
+                                 'keeps the relations apart (with q spread, six of eight latent relations still '
+                                 'ended collinear; docs/lrd.md). 0 = the paper and the code.')
         return parser
 
     def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
@@ -84,7 +93,7 @@ class LatentRelationDiscovery(nn.Module):
         self.backbone = [backbone]  # a plain list: not a sub-module, so parameters are not registered twice
         self.lamda, self.alpha = args.lamda, args.alpha
         self.latent_start = backbone.relation_num - args.latent_relation_num  # latent relations come last
-        self.q_balance = args.q_balance
+        self.q_balance, self.relation_diversity = args.q_balance, args.relation_diversity
         self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
         if args.lrd_relations == 'latent':
             self.first_relation = self.latent_start
@@ -124,9 +133,13 @@ class LatentRelationDiscovery(nn.Module):
         share = stats[:-2] / pairs
         latent = share[self.latent_start:].sum()
         top = torch.argsort(share, descending=True)[:3].tolist()
+        with torch.no_grad():
+            overlap = float(self.relation_overlap(self.backbone[0].relation_embeddings.weight[self.latent_start:],
+                                                  squared=False))
         return (f'LRD q over {int(pairs):,} pairs: mean max {float(stats[-2]) / pairs:.3f}, '
                 f'latent share {float(latent):.3f}, top relations '
-                + ', '.join(f'{r}:{float(share[r]):.3f}' for r in top))
+                + ', '.join(f'{r}:{float(share[r]):.3f}' for r in top)
+                + f'; latent relation cosine mean {overlap:.3f}')
 
     def item_representation(self, items: torch.Tensor) -> torch.Tensor:
         """e_i: projected language features (Eq. 3), or the ID embedding for the w/o-LLM ablation."""
@@ -182,7 +195,19 @@ class LatentRelationDiscovery(nn.Module):
         if self.q_balance:
             marginal = (q_range * valid[..., None]).flatten(0, -2).sum(0) / pairs  # q averaged over the pairs
             loss = loss - self.q_balance * self._entropy(marginal)
+        if self.relation_diversity:
+            loss = loss + self.relation_diversity * self.relation_overlap(r)
         return loss
+
+    @staticmethod
+    def relation_overlap(relations: torch.Tensor, squared: bool = True) -> torch.Tensor:
+        """Mean (squared) cosine similarity over the off-diagonal pairs of relation embeddings; 0 for one."""
+        n = relations.shape[0]
+        if n < 2:
+            return relations.new_zeros(())
+        unit = F.normalize(relations, dim=-1)
+        cosine = (unit @ unit.T)[~torch.eye(n, dtype=torch.bool, device=relations.device)]
+        return (cosine.square() if squared else cosine).mean()
 
     def _entropy(self, q: torch.Tensor) -> torch.Tensor:
         """H[q] over the last dim; in the code form on the code's scale, −q log q averaged over relations."""
