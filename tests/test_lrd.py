@@ -97,6 +97,50 @@ def test_latent_relations_extend_the_backbone_and_q_sums_to_one(model, tiny_root
     assert attention.shape[-1] == 8  # latent relations take part in the relation-wise attention
 
 
+def test_q_is_the_extractor_softmax_over_concatenated_pair_features(tiny_root):
+    """Eq. 4 by hand: softmax(W [e_i; e_j] + b); the code splits W to broadcast over all pairs."""
+    net, _ = build('KDA_LRD', tiny_root)
+    history, target = torch.tensor([[1, 2, 0, 5]]), torch.tensor([[7]])
+    with torch.no_grad():
+        e_i = net.lrd.projection(net.lrd.features[history])  # 1 × 4 × d
+        e_j = net.lrd.projection(net.lrd.features[target]).expand_as(e_i)
+        expected = net.lrd.extractor(torch.cat([e_i, e_j], dim=-1)).softmax(-1)
+        torch.testing.assert_close(net.lrd.relation_distribution(history, target), expected)
+
+
+@pytest.mark.parametrize('model', ['RCF_LRD', 'KDA_LRD'])
+def test_q_attention_weighs_latent_relations_by_q(model, tiny_root):
+    """--q_attention 1: softmax over history of (DistMult logit + log q) for latent relations only."""
+    net, data = build(model, tiny_root, '--q_attention', '1', '--lrd_relations', 'latent')
+    batch = padded_train_batch(data, 6)
+    start = net.lrd.latent_start
+    with torch.no_grad():
+        attention = net.relational_attention(batch)  # B × C × H × R
+        net.lrd.q_attention = False
+        plain_logits = net.relational_logits(batch)
+        plain = net.relational_attention(batch)
+        net.lrd.q_attention = True
+        history, items = batch['history_items'], batch['item_id']
+        q = torch.stack([net.lrd.relation_distribution(history, items[:, c:c + 1])
+                         for c in range(items.shape[1])], dim=1)  # B × C × H × R, one candidate at a time
+    valid = (history > 0)[:, None, :]
+    torch.testing.assert_close(attention[..., :start], plain[..., :start])  # predefined relations unchanged
+    weighted = torch.exp(plain_logits[..., start:]) * q[..., start:] * valid[..., None]
+    torch.testing.assert_close(attention[..., start:], weighted / weighted.sum(2, keepdim=True))
+    assert not torch.allclose(attention[..., start:], plain[..., start:])
+    assert (attention.masked_select(~valid[..., None].expand_as(attention)) == 0).all()  # padding ignored
+
+
+@pytest.mark.parametrize('q_attention', ['0', '1'])
+def test_q_attention_lets_the_recommendation_loss_train_the_extractor(q_attention, tiny_root):
+    net, data = build('KDA_LRD', tiny_root, '--q_attention', q_attention, '--lamda', '0')
+    batch = padded_train_batch(data)
+    out = net(batch)
+    net.loss({'prediction': out['prediction']}).backward()  # the recommendation loss alone
+    grad = net.lrd.extractor.weight.grad
+    assert (grad is not None and bool(grad.abs().sum() > 0)) == (q_attention == '1')
+
+
 @pytest.mark.parametrize('leave', ['1', '0'])
 def test_relations_left_out_of_reconstruction_get_no_q(leave, tiny_root):
     """With relation 0 left out, q cannot escape the loss by moving its mass there."""

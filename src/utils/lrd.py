@@ -34,6 +34,10 @@ latent relation for every pair after 2 Office epochs.
 relations (off-diagonal pairs). Why: with q spread by ``--q_balance``, six of eight latent relation embeddings
 still ended with cosine .95–1.00: relations fed similar pairs get the same gradient direction. Pushed apart,
 different relations score different pairs best, and q (trained to reconstruct) can route pairs between them.
+``--q_attention 1`` adds log q(k | i, j) to the backbone's attention logits of each latent relation k, so that
+history item i weighs, under k, as much as the extractor believes the pair (i, candidate j) is k-related. Why: in
+the paper and the code q never reaches the ranking; the language features act only through the reconstruction
+gradient on the relation embeddings, and the extractor never hears from the recommendation loss.
 ``--lrd_relations latent`` restricts q, the reconstruction and the entropy to the K latent relations. Why:
 with q over every relation, a trained default KDA_LRD on Office put 0.99999994 of q on the predefined
 ``category`` relation for every observed pair, so the latent relations got no reconstruction gradient
@@ -52,7 +56,7 @@ from models.BaseModel import batched
 from utils.sampling import sample_excluding
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_relations', 'q_balance', 'relation_diversity', 'lrd_feature', 'include_lrd', 'include_kge',
+                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'lrd_feature', 'include_lrd', 'include_kge',
                 'plm_name']
 
 
@@ -86,6 +90,10 @@ class LatentRelationDiscovery(nn.Module):
                             help='Weight μ of the mean squared cosine between reconstructed relation embeddings: '
                                  'keeps the relations apart (with q spread, six of eight latent relations still '
                                  'ended collinear; docs/lrd.md). 0 = the paper and the code.')
+        parser.add_argument('--q_attention', type=int, default=0,
+                            help='1: add log q(k | history item, candidate) to the attention logits of each latent '
+                                 'relation k, so the language features reach the ranking and the recommendation loss '
+                                 'trains the extractor; 0 = the paper and the code (q shapes relation embeddings only).')
         return parser
 
     def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
@@ -94,6 +102,7 @@ class LatentRelationDiscovery(nn.Module):
         self.lamda, self.alpha = args.lamda, args.alpha
         self.latent_start = backbone.relation_num - args.latent_relation_num  # latent relations come last
         self.q_balance, self.relation_diversity = args.q_balance, args.relation_diversity
+        self.q_attention = bool(args.q_attention)
         self.loss_form, self.entropy_sign = args.lrd_loss, args.entropy_sign
         if args.lrd_relations == 'latent':
             self.first_relation = self.latent_start
@@ -156,13 +165,18 @@ class LatentRelationDiscovery(nn.Module):
         keeps the authors' softmax over all relations (it has no such escape: q_r → 0 costs −log ½), unless
         ``--lrd_relations latent`` gives q = 0 to every predefined relation.
         """
-        e_i, e_j = self.item_representation(items_i), self.item_representation(items_j)
-        e_i, e_j = torch.broadcast_tensors(e_i, e_j)
-        logits = self.extractor(torch.cat([e_i, e_j], dim=-1))
+        return self.relation_log_distribution(items_i, items_j).exp()
+
+    def relation_log_distribution(self, items_i: torch.Tensor, items_j: torch.Tensor) -> torch.Tensor:
+        """log q, computed as W_i e_i + W_j e_j + b (the linear layer over [e_i; e_j] split in two), so that
+        all (history, candidate) pairs broadcast without materialising the concatenated pair features."""
+        w_i, w_j = self.extractor.weight.split(self.extractor.in_features // 2, dim=1)
+        logits = (F.linear(self.item_representation(items_i), w_i)
+                  + F.linear(self.item_representation(items_j), w_j, self.extractor.bias))
         if self.first_relation and self.mask_unreconstructed:
             logits = torch.cat([torch.full_like(logits[..., :self.first_relation], -torch.inf),
                                 logits[..., self.first_relation:]], dim=-1)
-        return logits.softmax(dim=-1)
+        return logits.log_softmax(dim=-1)
 
     def forward(self, feed_dict: dict) -> torch.Tensor:
         """L_lrd for a training batch: all (history item, target) pairs, one negative per history slot."""
@@ -260,6 +274,16 @@ class LRDModel:
         if self.lrd is not None and feed_dict['phase'] == 'train':
             out_dict['lrd_loss'] = self.lrd(feed_dict)
         return out_dict
+
+    def relational_logits(self, feed_dict: dict) -> torch.Tensor:
+        """With ``--q_attention 1``, latent relation k's logits gain log q(k | history item, candidate)."""
+        logits = super().relational_logits(feed_dict)
+        if self.lrd is None or not self.lrd.q_attention:
+            return logits
+        start = self.lrd.latent_start
+        log_q = self.lrd.relation_log_distribution(feed_dict['history_items'][:, None, :],
+                                                   feed_dict['item_id'][:, :, None])  # B × C × H × R
+        return torch.cat([logits[..., :start], logits[..., start:] + log_q[..., start:]], dim=-1)
 
     def loss(self, out_dict: dict) -> torch.Tensor:
         loss = super().loss(out_dict)

@@ -111,14 +111,16 @@ class RCF(SequentialModel):
             return r_vectors + self.entity_embeddings(feed_dict['item_val'])
         return r_vectors.expand(*feed_dict['item_id'].shape, -1, -1)
 
-    def relational_attention(self, feed_dict: dict) -> torch.Tensor:
-        """ω(v_i, v_j, r) of Eq. 12: softmax over valid history items of DistMult scores, B × C × H × R."""
-        history = feed_dict['history_items']
-        his_vectors = self.entity_embeddings(history)  # B × H × d
+    def relational_logits(self, feed_dict: dict) -> torch.Tensor:
+        """DistMult scores of each history item with each candidate under each relation: B × C × H × R."""
+        his_vectors = self.entity_embeddings(feed_dict['history_items'])  # B × H × d
         ri_vectors = self.relation_vectors(feed_dict) * self.entity_embeddings(feed_dict['item_id'])[:, :, None, :]
-        logits = torch.einsum('bhd,bcrd->bchr', his_vectors, ri_vectors)
-        valid = (history > 0)[:, None, :, None]
-        return logits.masked_fill(~valid, -torch.inf).softmax(dim=2)
+        return torch.einsum('bhd,bcrd->bchr', his_vectors, ri_vectors)
+
+    def relational_attention(self, feed_dict: dict) -> torch.Tensor:
+        """ω(v_i, v_j, r) of Eq. 12: softmax over valid history items of ``relational_logits``, B × C × H × R."""
+        valid = (feed_dict['history_items'] > 0)[:, None, :, None]
+        return self.relational_logits(feed_dict).masked_fill(~valid, -torch.inf).softmax(dim=2)
 
     def history_weights(self, feed_dict: dict) -> torch.Tensor:
         """Weights of history items per relation before aggregation (KDA adds its temporal decay)."""
