@@ -70,15 +70,18 @@ def build_parser(argv: list[str] | None):
 def run_name(args: argparse.Namespace, model_cls) -> str:
     """ReChorus' run name: model, dataset, seed, lr, l2 and the model's ``extra_log_args``.
 
-    Names that would not fit a file name are cut and end in a hash of the full name, so runs that
-    differ only in their last arguments still get different files.
+    Names that would not fit a file name are cut after the last whole ``arg=value`` that fits (a value cut
+    in the middle would read as another value, ``lamda=0`` for ``lamda=0.1``) and end in a hash of the
+    full name, so runs that differ only in their last arguments still get different files.
     """
     log_args = [args.model_name + args.model_mode, args.dataset, str(args.random_seed)]
     for arg in ['lr', 'l2'] + list(model_cls.extra_log_args):
         log_args.append(f'{arg}={getattr(args, arg)}')
     name = '__'.join(log_args).replace(' ', '__').replace(os.sep, '_')
     if len(name) > MAX_RUN_NAME:
-        name = name[:MAX_RUN_NAME - 10] + '__' + hashlib.sha1(name.encode()).hexdigest()[:8]
+        head = name[:MAX_RUN_NAME - 9]  # room for '__' and 8 hash digits; one extra char tells a whole field
+        head = head[:head.rindex('__')] if '__' in head else head[:MAX_RUN_NAME - 10]
+        name = head + '__' + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
 
 
