@@ -80,8 +80,7 @@ def run_name(args: argparse.Namespace, model_cls) -> str:
     name = '__'.join(log_args).replace(' ', '__').replace(os.sep, '_')
     if len(name) > MAX_RUN_NAME:
         head = name[:MAX_RUN_NAME - 9]  # room for '__' and 8 hash digits; one extra char tells a whole field
-        head = head[:head.rindex('__')] if '__' in head else head[:MAX_RUN_NAME - 10]
-        name = head + '__' + hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = head[:head.rindex('__')] + '__' + hashlib.sha1(name.encode()).hexdigest()[:8]
     return name
 
 

@@ -56,8 +56,8 @@ from models.BaseModel import batched
 from utils.sampling import sample_excluding
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'lrd_feature', 'include_lrd', 'include_kge',
-                'plm_name']
+                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'lrd_feature', 'include_lrd',
+                'include_kge', 'plm_name']
 
 
 class LatentRelationDiscovery(nn.Module):
@@ -92,8 +92,9 @@ class LatentRelationDiscovery(nn.Module):
                                  'ended collinear; docs/lrd.md). 0 = the paper and the code.')
         parser.add_argument('--q_attention', type=int, default=0,
                             help='1: add log q(k | history item, candidate) to the attention logits of each latent '
-                                 'relation k, so the language features reach the ranking and the recommendation loss '
-                                 'trains the extractor; 0 = the paper and the code (q shapes relation embeddings only).')
+                                 'relation k, so the language features reach the ranking and the recommendation '
+                                 'loss trains the extractor; 0 = the paper and the code (q shapes relation '
+                                 'embeddings only).')
         return parser
 
     def __init__(self, args: argparse.Namespace, corpus, backbone: nn.Module):
