@@ -407,6 +407,52 @@ def test_epoch_summary_reports_where_q_puts_its_mass(tiny_root):
     assert backbone.epoch_summary() == ''
 
 
+# --------------------------------------------------------------------------- --text_similarity
+
+def test_text_similarity_by_hand():
+    from utils.text_similarity import TextSimilarity
+    features = np.array([[0, 0], [1, 0], [0, 2], [3, 3], [-1, -1]], dtype=np.float32)  # row 0: padding
+    term = TextSimilarity(features)
+    history = torch.tensor([[1, 2, 0], [0, 0, 0]])  # second user: empty history
+    candidates = torch.tensor([[3, 4], [1, 2]])
+    r = 2 ** -0.5
+    expected = torch.tensor([[r, -r], [0.0, 0.0]])  # the padded slot (cosine 0) must not win for item 4
+    torch.testing.assert_close(term.similarity(history, candidates), expected)
+    with torch.no_grad():
+        term.weight.fill_(2.5)
+    torch.testing.assert_close(term(history, candidates), 2.5 * expected)
+
+
+@pytest.mark.parametrize('include_lrd', ['0', '1'])
+def test_text_similarity_adds_a_learned_term_to_the_score(include_lrd, tiny_root):
+    """Same backbone weights, same score plus w · max cosine; the recommendation loss trains w."""
+    net, data = build('KDA_LRD', tiny_root, '--include_lrd', include_lrd, '--text_similarity', '1', seed=3)
+    plain, _ = build('KDA_LRD', tiny_root, '--include_lrd', include_lrd, seed=3)
+    assert set(net.state_dict()) == set(plain.state_dict()) | {'text_similarity.weight'}
+    for name, value in plain.state_dict().items():
+        assert torch.equal(net.state_dict()[name], value), name
+    batch = padded_train_batch(data)
+    history, candidates = batch['history_items'].numpy(), batch['item_id'].numpy()
+    features = data.corpus.item_features / np.linalg.norm(data.corpus.item_features, axis=1, keepdims=True).clip(1e-12)
+    cosine = np.einsum('bhd,bcd->bch', features[history], features[candidates])
+    cosine[np.broadcast_to((history == 0)[:, None, :], cosine.shape)] = -np.inf
+    with torch.no_grad():
+        net.text_similarity.weight.fill_(0.7)
+        added = net(batch)['prediction'] - plain(batch)['prediction']
+    np.testing.assert_allclose(added.numpy(), 0.7 * cosine.max(-1), rtol=1e-5, atol=1e-6)
+    net.zero_grad()
+    net.loss(net(batch)).backward()
+    assert float(net.text_similarity.weight.grad.abs()) > 0
+    assert net.epoch_summary().endswith('text similarity weight 0.700')
+
+
+def test_text_similarity_loads_features_without_lrd(tiny_root):
+    _, data = build('KDA_LRD', tiny_root, '--include_lrd', '0')
+    assert data.corpus.item_features is None
+    net, data = build('KDA_LRD', tiny_root, '--include_lrd', '0', '--text_similarity', '1')
+    assert data.corpus.item_features.shape == (N_ITEMS + 1, FEAT_DIM) and net.lrd is None
+
+
 # --------------------------------------------------------------------------- --include_lrd 0 == backbone
 
 def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2):
@@ -509,16 +555,49 @@ def test_without_llm_no_text_is_encoded(tiny_root, monkeypatch):
     assert torch.isfinite(net.lrd(padded_train_batch(data)))
 
 
+def load_bench(name: str):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, REPO / 'bench' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_probe_script_reports_q_per_epoch(tiny_root, capsys):
     """bench/probe_q.py: training-only epochs, each with the model's q summary."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('probe_q', REPO / 'bench' / 'probe_q.py')
-    probe_q = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(probe_q)
-    rows = probe_q.probe(['--probe_epochs', '2', '--model_name', 'KDA_LRD', '--path', str(tiny_root),
+    rows = load_bench('probe_q').probe(['--probe_epochs', '2', '--model_name', 'KDA_LRD', '--path', str(tiny_root),
                           '--dataset', 'Tiny', '--gpu', '', '--plm_name', 'feat:test', '--latent_relation_num', '3',
                           '--emb_size', '8', '--history_max', '6', '--include_attr', '1', '--batch_size', '16',
                           '--lrd_relations', 'latent'])
     assert [r['epoch'] for r in rows] == [1, 2] and all(np.isfinite(r['loss']) for r in rows)
     assert all(r['summary'].startswith('LRD q over ') and 'latent share 1.000' in r['summary'] for r in rows)
     assert capsys.readouterr().out.count('"summary"') == 2
+
+
+def test_text_fusion_probe_on_a_trained_model(tiny_root, tmp_path, capsys):
+    """bench/probe_text_fusion.py: beta 0 reproduces main.py's own metrics, beta is picked on dev only."""
+    results = run_main('KDA_LRD', tiny_root, tmp_path, '--plm_name', 'feat:test', '--include_lrd', '0')
+    probe = load_bench('probe_text_fusion')
+    argv = ['--model_name', 'KDA_LRD', '--path', str(tiny_root), '--dataset', 'Tiny', '--gpu', '', '--emb_size', '8',
+            '--latent_relation_num', '2', '--include_attr', '1', '--num_heads', '2', '--plm_name', 'feat:test',
+            '--include_lrd', '0', '--model_path', str(tmp_path / 'model' / 'KDA_LRD.pt')]
+    rows = probe.probe(str(tiny_root / 'Tiny' / 'Tiny.feat.test'), argv)
+    assert [r['signal'] for r in rows] == ['text', 'id_embedding']
+    for row in rows:
+        assert row['dev_NDCG@5_by_beta']['0.0'] == round(results['dev']['NDCG@5'], 4)
+        assert row['model_test'] == {k: round(results['test'][k], 4) for k in row['model_test']}
+        assert row['dev_NDCG@5_by_beta'][str(row['beta'])] == max(row['dev_NDCG@5_by_beta'].values())
+        assert 0 <= row['alone_test']['HR@5'] <= row['alone_test']['HR@10'] <= 1
+    assert capsys.readouterr().out.count('"signal"') == 2
+
+
+def test_text_fusion_probe_seed_summary_is_a_paired_t_test():
+    from scipy import stats
+    probe = load_bench('probe_text_fusion')
+    plain, fused = [0.40, 0.42, 0.45], [0.43, 0.44, 0.49]
+    by_seed = {s: [{'signal': 'text', 'model_test': {'HR@5': a}, 'fused_test': {'HR@5': b}}]
+               for s, (a, b) in enumerate(zip(plain, fused))}
+    (row,) = probe.seed_summary(by_seed)
+    expected = stats.ttest_rel(fused, plain)
+    assert row['seeds'] == 3 and row['t'] == round(expected.statistic, 3) and row['p'] == round(expected.pvalue, 5)
+    assert row['plain'] == f'{np.mean(plain):.4f} ± {np.std(plain, ddof=1):.4f}'

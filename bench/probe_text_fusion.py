@@ -1,0 +1,147 @@
+"""Does the text encoder know something a trained model does not? Late fusion on the dev/test candidates.
+
+LRD can only help if the item texts carry preference signal that the ID embeddings fail to learn from the
+interactions. This probe measures that directly, without training: for a trained checkpoint it ranks the
+evaluation candidates by
+
+    z(model score) + beta * z(text score),   text score = max over history items h of cos(x_h, x_candidate)
+
+(z = standardised over each instance's candidates), picks beta on dev NDCG@5 and reports test. A control
+fuses the model with the same similarity computed on its own ID entity embeddings, so a gain from text that
+the ID control does not also give is signal the model lacks.
+
+    python bench/probe_text_fusion.py --features data/Office/Office.feat.minilm -- \
+        --model_name KDA --dataset Office --path data --include_attr 1 --include_val 1 --freq_rand 1 \
+        --num_heads 4 --num_layers 5 --model_path model/KDA/.../KDA__Office__....pt
+    python bench/probe_text_fusion.py --features data/Office/Office.feat.minilm \
+        --csv docs/runs/kda_cpu_session3.csv \
+        --csv docs/runs/kda_cpu_session4.csv --model_name KDA --dataset Office
+
+Arguments after ``--`` are main.py's, exactly as the model was trained; with ``--csv`` every finished run of
+the model whose checkpoint still exists is probed (exp.py's results CSV holds each run's arguments) and a
+paired t-test over the seeds compares fused with plain test metrics. Prints one JSON line per signal and run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
+
+import analyze  # noqa: E402
+from utils import experiments as ex  # noqa: E402
+from utils.metrics import rank_of_truth, ranking_metrics  # noqa: E402
+from utils.reports import paired_ttest  # noqa: E402
+from utils.text_encoders import load_feature_file  # noqa: E402
+from utils.text_similarity import TextSimilarity  # noqa: E402
+
+BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+
+
+def standardise(scores: np.ndarray) -> np.ndarray:
+    std = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def split_scores(trained: analyze.Trained, split: str, signals: dict[str, np.ndarray],
+                 batch: int = 256) -> dict[str, np.ndarray]:
+    """Model scores and each signal's similarity (max cosine to a history item, as ``--text_similarity``
+    computes it) for every instance of ``split``."""
+    dataset = trained.model_cls.Dataset(trained.model, trained.corpus, split)
+    dataset.prepare()
+    similarity = {name: TextSimilarity(vectors).similarity for name, vectors in signals.items()}
+    parts: dict[str, list[np.ndarray]] = {'model': [], **{name: [] for name in signals}}
+    with torch.no_grad():
+        for start in range(0, len(dataset), batch):
+            feed = dataset[list(range(start, min(start + batch, len(dataset))))]
+            parts['model'].append(trained.model(feed)['prediction'].float().numpy())
+            for name in signals:
+                parts[name].append(similarity[name](feed['history_items'], feed['item_id']).numpy())
+    return {name: np.concatenate(chunks) for name, chunks in parts.items()}
+
+
+def fused_metrics(model: np.ndarray, signal: np.ndarray | None, beta: float) -> dict[str, float]:
+    scores = standardise(model) + beta * standardise(signal) if beta else model
+    return ranking_metrics(rank_of_truth(scores), [5, 10], ['HR', 'NDCG'])
+
+
+def probe(features_path: str, main_argv: list[str]) -> list[dict]:
+    """One JSON row per signal for the checkpoint ``main_argv`` names."""
+    trained = analyze.load_trained(main_argv)
+    text = load_feature_file(features_path, trained.corpus.n_items).astype(np.float32)
+    ids = trained.model.entity_embeddings.weight.detach().float().numpy()[:trained.corpus.n_items]
+    signals = {'text': text, 'id_embedding': ids}
+    scores = {split: split_scores(trained, split, signals) for split in ('dev', 'test')}
+    rows = []
+    for name in signals:
+        alone = {split: ranking_metrics(rank_of_truth(scores[split][name]), [5, 10], ['HR', 'NDCG'])
+                 for split in ('dev', 'test')}
+        dev = {beta: fused_metrics(scores['dev']['model'], scores['dev'][name], beta)['NDCG@5'] for beta in BETAS}
+        best = max(BETAS, key=lambda b: (dev[b], -b))
+        rows.append({'signal': name, 'alone_test': _round(alone['test']), 'dev_NDCG@5_by_beta': _round(dev),
+                     'beta': best, 'model_test': _round(fused_metrics(scores['test']['model'], None, 0.0)),
+                     'fused_test': _round(fused_metrics(scores['test']['model'], scores['test'][name], best))})
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _round(metrics: dict) -> dict:
+    return {str(k): round(v, 4) for k, v in metrics.items()}
+
+
+def runs_with_checkpoints(csvs: list[str], model_name: str, dataset: str) -> list[tuple[int, list[str]]]:
+    """(seed, main.py argv) of every finished run in the CSVs whose checkpoint is still on disk."""
+    rows = pd.concat([ex.read_results(csv) for csv in csvs], ignore_index=True)
+    rows = rows[(rows['status'] == 'ok') & (rows['model'] == model_name) & (rows['dataset'] == dataset)]
+    runs = []
+    for seed, argv in zip(rows['seed'], rows['argv']):
+        argv = shlex.split(argv)
+        if os.path.exists(analyze._peek(argv, 'model_path') or ''):
+            runs.append((int(seed), argv))
+    if not runs:
+        raise ValueError(f'{", ".join(csvs)}: no finished {model_name} run on {dataset} with its checkpoint on disk')
+    return sorted(runs)
+
+
+def seed_summary(by_seed: dict[int, list[dict]]) -> list[dict]:
+    """Per signal and test metric: plain and fused mean ± std over the seeds, paired t-test of fused vs plain."""
+    out = []
+    for i, first in enumerate(next(iter(by_seed.values()))):
+        for metric in first['model_test']:
+            plain = {s: rows[i]['model_test'][metric] for s, rows in by_seed.items()}
+            fused = {s: rows[i]['fused_test'][metric] for s, rows in by_seed.items()}
+            t, p, n = paired_ttest(plain, fused)
+            out.append({'signal': first['signal'], 'metric': metric, 'seeds': n,
+                        'plain': f'{np.mean(list(plain.values())):.4f} ± {np.std(list(plain.values()), ddof=1):.4f}',
+                        'fused': f'{np.mean(list(fused.values())):.4f} ± {np.std(list(fused.values()), ddof=1):.4f}',
+                        't': round(t, 3), 'p': round(p, 5)})
+            print(json.dumps(out[-1]), flush=True)
+    return out
+
+
+if __name__ == '__main__':
+    argv = sys.argv[1:]
+    split = argv.index('--') if '--' in argv else len(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--features', required=True,
+                        help='Item feature matrix in the <Dataset>.feat.<name> format (row = item id).')
+    parser.add_argument('--csv', action='append', default=[],
+                        help='exp.py results CSV (repeatable): probe every seed of --model_name on --dataset.')
+    parser.add_argument('--model_name', help='With --csv: the model whose runs are probed.')
+    parser.add_argument('--dataset', help='With --csv: the dataset.')
+    opts = parser.parse_args(argv[:split])
+    if opts.csv:
+        results = {}
+        for seed, main_argv in runs_with_checkpoints(opts.csv, opts.model_name, opts.dataset):
+            print(f'# seed {seed}', flush=True)
+            results[seed] = probe(opts.features, main_argv)
+        seed_summary(results)
+    else:
+        probe(opts.features, argv[split + 1:])
