@@ -19,7 +19,8 @@ the ID control does not also give is signal the model lacks.
 
 Arguments after ``--`` are main.py's, exactly as the model was trained; with ``--csv`` every finished run of
 the model whose checkpoint still exists is probed (exp.py's results CSV holds each run's arguments) and a
-paired t-test over the seeds compares fused with plain test metrics. Prints one JSON line per signal and run.
+paired t-test over the runs (one per seed when the CSVs hold one configuration) compares fused with plain
+test metrics. Prints one JSON line per signal and run.
 """
 from __future__ import annotations
 
@@ -96,29 +97,29 @@ def _round(metrics: dict) -> dict:
     return {str(k): round(v, 4) for k, v in metrics.items()}
 
 
-def runs_with_checkpoints(csvs: list[str], model_name: str, dataset: str) -> list[tuple[int, list[str]]]:
-    """(seed, main.py argv) of every finished run in the CSVs whose checkpoint is still on disk."""
+def runs_with_checkpoints(csvs: list[str], model_name: str, dataset: str) -> list[tuple[str, int, list[str]]]:
+    """(run id, seed, main.py argv) of every finished run in the CSVs whose checkpoint is still on disk."""
     rows = pd.concat([ex.read_results(csv) for csv in csvs], ignore_index=True)
     rows = rows[(rows['status'] == 'ok') & (rows['model'] == model_name) & (rows['dataset'] == dataset)]
     runs = []
-    for seed, argv in zip(rows['seed'], rows['argv']):
+    for run_id, seed, argv in zip(rows['run_id'], rows['seed'], rows['argv']):
         argv = shlex.split(argv)
         if os.path.exists(analyze._peek(argv, 'model_path') or ''):
-            runs.append((int(seed), argv))
+            runs.append((run_id, int(seed), argv))
     if not runs:
         raise ValueError(f'{", ".join(csvs)}: no finished {model_name} run on {dataset} with its checkpoint on disk')
-    return sorted(runs)
+    return sorted(runs, key=lambda run: (run[1], run[0]))
 
 
-def seed_summary(by_seed: dict[int, list[dict]]) -> list[dict]:
-    """Per signal and test metric: plain and fused mean ± std over the seeds, paired t-test of fused vs plain."""
+def run_summary(by_run: dict[str, list[dict]]) -> list[dict]:
+    """Per signal and test metric: plain and fused mean ± std over the runs, paired t-test of fused vs plain."""
     out = []
-    for i, first in enumerate(next(iter(by_seed.values()))):
+    for i, first in enumerate(next(iter(by_run.values()))):
         for metric in first['model_test']:
-            plain = {s: rows[i]['model_test'][metric] for s, rows in by_seed.items()}
-            fused = {s: rows[i]['fused_test'][metric] for s, rows in by_seed.items()}
+            plain = {run: rows[i]['model_test'][metric] for run, rows in by_run.items()}
+            fused = {run: rows[i]['fused_test'][metric] for run, rows in by_run.items()}
             t, p, n = paired_ttest(plain, fused)
-            out.append({'signal': first['signal'], 'metric': metric, 'seeds': n,
+            out.append({'signal': first['signal'], 'metric': metric, 'runs': n,
                         'plain': f'{np.mean(list(plain.values())):.4f} ± {np.std(list(plain.values()), ddof=1):.4f}',
                         'fused': f'{np.mean(list(fused.values())):.4f} ± {np.std(list(fused.values()), ddof=1):.4f}',
                         't': round(t, 3), 'p': round(p, 5)})
@@ -139,9 +140,9 @@ if __name__ == '__main__':
     opts = parser.parse_args(argv[:split])
     if opts.csv:
         results = {}
-        for seed, main_argv in runs_with_checkpoints(opts.csv, opts.model_name, opts.dataset):
-            print(f'# seed {seed}', flush=True)
-            results[seed] = probe(opts.features, main_argv)
-        seed_summary(results)
+        for run_id, seed, main_argv in runs_with_checkpoints(opts.csv, opts.model_name, opts.dataset):
+            print(f'# {run_id} (seed {seed})', flush=True)
+            results[run_id] = probe(opts.features, main_argv)
+        run_summary(results)
     else:
         probe(opts.features, argv[split + 1:])

@@ -591,13 +591,32 @@ def test_text_fusion_probe_on_a_trained_model(tiny_root, tmp_path, capsys):
     assert capsys.readouterr().out.count('"signal"') == 2
 
 
-def test_text_fusion_probe_seed_summary_is_a_paired_t_test():
+def test_text_fusion_probe_run_summary_is_a_paired_t_test():
     from scipy import stats
     probe = load_bench('probe_text_fusion')
     plain, fused = [0.40, 0.42, 0.45], [0.43, 0.44, 0.49]
-    by_seed = {s: [{'signal': 'text', 'model_test': {'HR@5': a}, 'fused_test': {'HR@5': b}}]
-               for s, (a, b) in enumerate(zip(plain, fused))}
-    (row,) = probe.seed_summary(by_seed)
+    by_run = {f'KDA-Office-s{s}': [{'signal': 'text', 'model_test': {'HR@5': a}, 'fused_test': {'HR@5': b}}]
+              for s, (a, b) in enumerate(zip(plain, fused))}
+    (row,) = probe.run_summary(by_run)
     expected = stats.ttest_rel(fused, plain)
-    assert row['seeds'] == 3 and row['t'] == round(expected.statistic, 3) and row['p'] == round(expected.pvalue, 5)
+    assert row['runs'] == 3 and row['t'] == round(expected.statistic, 3) and row['p'] == round(expected.pvalue, 5)
     assert row['plain'] == f'{np.mean(plain):.4f} ± {np.std(plain, ddof=1):.4f}'
+
+
+def test_text_fusion_probe_takes_finished_runs_whose_checkpoint_exists(tmp_path):
+    probe = load_bench('probe_text_fusion')
+    kept = tmp_path / 'kept.pt'
+    kept.write_bytes(b'')
+    rows = [{'run_id': 'KDA-Office-s1-b', 'status': 'ok', 'model': 'KDA', 'dataset': 'Office', 'seed': 1,
+             'argv': f"--model_name KDA --model_path '{kept}'"},
+            {'run_id': 'KDA-Office-s0-a', 'status': 'ok', 'model': 'KDA', 'dataset': 'Office', 'seed': 0,
+             'argv': f'--model_name KDA --model_path {tmp_path / "deleted.pt"}'},
+            {'run_id': 'KDA-Office-s2-c', 'status': 'failed', 'model': 'KDA', 'dataset': 'Office', 'seed': 2,
+             'argv': f'--model_name KDA --model_path {kept}'},
+            {'run_id': 'RCF-Office-s0-d', 'status': 'ok', 'model': 'RCF', 'dataset': 'Office', 'seed': 0,
+             'argv': f'--model_name RCF --model_path {kept}'}]
+    pd.DataFrame(rows).to_csv(tmp_path / 'runs.csv', index=False)
+    assert probe.runs_with_checkpoints([str(tmp_path / 'runs.csv')], 'KDA', 'Office') == [
+        ('KDA-Office-s1-b', 1, ['--model_name', 'KDA', '--model_path', str(kept)])]
+    with pytest.raises(ValueError, match='no finished KDA run on Electronics with its checkpoint on disk'):
+        probe.runs_with_checkpoints([str(tmp_path / 'runs.csv')], 'KDA', 'Electronics')
