@@ -143,6 +143,7 @@ if __name__ == '__main__':
         for run_id, seed, main_argv in runs_with_checkpoints(opts.csv, opts.model_name, opts.dataset):
             print(f'# {run_id} (seed {seed})', flush=True)
             results[run_id] = probe(opts.features, main_argv)
-        run_summary(results)
+        if len(results) > 1:  # a t-test needs two runs
+            run_summary(results)
     else:
         probe(opts.features, argv[split + 1:])
