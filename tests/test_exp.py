@@ -127,6 +127,17 @@ def test_unparseable_arguments_give_an_error_not_an_exception():
     assert 'no_such_arg' in spec.error
 
 
+@pytest.mark.parametrize('grid', sorted(p.name for p in (REPO / 'bench' / 'grids').glob('*.txt')
+                                         if p.name != 'office_kda_base.txt'))
+def test_bench_grid_files_parse(grid):
+    """The GPU grids run where a typo costs a device session: every line must parse (office_* grids on top of
+    office_kda_base.txt, as bench/gpu_grid.sh runs them; the others stand alone)."""
+    base, = ex.read_command_file(REPO / 'bench' / 'grids' / 'office_kda_base.txt')
+    specs = ex.build_specs(ex.read_command_file(REPO / 'bench' / 'grids' / grid),
+                           base=base if grid.startswith('office_') else None)
+    assert specs and all(spec.error == '' for spec in specs), [spec.error for spec in specs]
+
+
 # --------------------------------------------------------------------------- statistics and marks
 
 def test_paired_ttest_matches_scipy_and_hand_computation():
