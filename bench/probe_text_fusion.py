@@ -41,23 +41,16 @@ from utils import experiments as ex  # noqa: E402
 from utils.metrics import rank_of_truth, ranking_metrics  # noqa: E402
 from utils.reports import paired_ttest  # noqa: E402
 from utils.text_encoders import load_feature_file  # noqa: E402
-from utils.text_similarity import TextSimilarity  # noqa: E402
-
-BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
-
-
-def standardise(scores: np.ndarray) -> np.ndarray:
-    std = scores.std(axis=1, keepdims=True)
-    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+from utils.text_fusion import BETAS, TextFusion, fuse  # noqa: E402
 
 
 def split_scores(trained: analyze.Trained, split: str, signals: dict[str, np.ndarray],
                  batch: int = 256) -> dict[str, np.ndarray]:
-    """Model scores and each signal's similarity (max cosine to a history item, as ``--text_similarity``
+    """Model scores and each signal's similarity (max cosine to a history item, as ``--text_fusion``
     computes it) for every instance of ``split``."""
     dataset = trained.model_cls.Dataset(trained.model, trained.corpus, split)
     dataset.prepare()
-    similarity = {name: TextSimilarity(vectors).similarity for name, vectors in signals.items()}
+    similarity = {name: TextFusion(vectors).similarity for name, vectors in signals.items()}
     parts: dict[str, list[np.ndarray]] = {'model': [], **{name: [] for name in signals}}
     with torch.no_grad():
         for start in range(0, len(dataset), batch):
@@ -69,7 +62,7 @@ def split_scores(trained: analyze.Trained, split: str, signals: dict[str, np.nda
 
 
 def fused_metrics(model: np.ndarray, signal: np.ndarray | None, beta: float) -> dict[str, float]:
-    scores = standardise(model) + beta * standardise(signal) if beta else model
+    scores = fuse(torch.from_numpy(model), torch.from_numpy(signal), beta).numpy() if beta else model
     return ranking_metrics(rank_of_truth(scores), [5, 10], ['HR', 'NDCG'])
 
 

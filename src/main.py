@@ -164,6 +164,8 @@ def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
         model.actions_before_train()
         runner.train(data_dict)
         model.actions_after_train()
+    if model.calibrate(runner, data_dict['dev']) and args.train > 0 and dist_utils.is_main():
+        model.save_model()
 
     results = {}
     for phase in ['dev', 'test']:

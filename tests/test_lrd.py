@@ -374,11 +374,11 @@ def test_relation_diversity_pushes_latent_relations_apart(diversity, tiny_root):
     weight = net.relation_embeddings.weight
     with torch.no_grad():
         weight[net.relation_num - 3:] = 1.0 + 0.1 * torch.randn(3, net.emb_size)
-    before = float(net.lrd.relation_overlap(weight[net.relation_num - 3:]))
+    before = net.lrd.relation_overlap(weight[net.relation_num - 3:]).item()
     net.lrd(padded_train_batch(data)).backward()
     with torch.no_grad():
         weight -= 2.0 * weight.grad
-    drop = before - float(net.lrd.relation_overlap(weight[net.relation_num - 3:]))
+    drop = before - net.lrd.relation_overlap(weight[net.relation_num - 3:]).item()
     assert drop > 0.05 if diversity == '5' else abs(drop) < 0.01
 
 
@@ -407,50 +407,94 @@ def test_epoch_summary_reports_where_q_puts_its_mass(tiny_root):
     assert backbone.epoch_summary() == ''
 
 
-# --------------------------------------------------------------------------- --text_similarity
+# --------------------------------------------------------------------------- --text_fusion
 
-def test_text_similarity_by_hand():
-    from utils.text_similarity import TextSimilarity
+def test_text_fusion_similarity_and_fused_scores_by_hand():
+    from utils.text_fusion import TextFusion
     features = np.array([[0, 0], [1, 0], [0, 2], [3, 3], [-1, -1]], dtype=np.float32)  # row 0: padding
-    term = TextSimilarity(features)
+    fusion = TextFusion(features)
     history = torch.tensor([[1, 2, 0], [0, 0, 0]])  # second user: empty history
     candidates = torch.tensor([[3, 4], [1, 2]])
     r = 2 ** -0.5
-    expected = torch.tensor([[r, -r], [0.0, 0.0]])  # the padded slot (cosine 0) must not win for item 4
-    torch.testing.assert_close(term.similarity(history, candidates), expected)
-    with torch.no_grad():
-        term.weight.fill_(2.5)
-    torch.testing.assert_close(term(history, candidates), 2.5 * expected)
+    similarity = torch.tensor([[r, -r], [0.0, 0.0]])  # the padded slot (cosine 0) must not win for item 4
+    torch.testing.assert_close(fusion.similarity(history, candidates), similarity)
+    scores = torch.tensor([[1.0, 3.0], [2.0, 2.0]])
+    torch.testing.assert_close(fusion(scores, history, candidates), scores)  # β = 0 until calibrated
+    fusion.beta.fill_(0.5)
+    # row 0: z(scores) = (-1, 1), z(similarity) = (1, -1); row 1: both constant, z = 0
+    torch.testing.assert_close(fusion(scores, history, candidates), torch.tensor([[-0.5, 0.5], [0.0, 0.0]]))
 
 
-@pytest.mark.parametrize('include_lrd', ['0', '1'])
-def test_text_similarity_adds_a_learned_term_to_the_score(include_lrd, tiny_root):
-    """Same backbone weights, same score plus w · max cosine; the recommendation loss trains w."""
-    net, data = build('KDA_LRD', tiny_root, '--include_lrd', include_lrd, '--text_similarity', '1', seed=3)
-    plain, _ = build('KDA_LRD', tiny_root, '--include_lrd', include_lrd, seed=3)
-    assert set(net.state_dict()) == set(plain.state_dict()) | {'text_similarity.weight'}
+@pytest.mark.parametrize('backbone', ['KDA', 'RCF'])
+def test_text_fusion_trains_exactly_the_backbone(backbone, tiny_root):
+    plain = train_trajectory(backbone + '_LRD', tiny_root, '--include_lrd', '0')
+    fused = train_trajectory(backbone + '_LRD', tiny_root, '--include_lrd', '0', '--text_fusion', '1')
+    assert plain[0] == fused[0]
+    np.testing.assert_array_equal(plain[1], fused[1])  # β = 0 before calibration: the raw scores
+    assert set(fused[2]) == set(plain[2]) | {'text_fusion.beta'}
+    for name in plain[2]:
+        assert torch.equal(plain[2][name], fused[2][name]), name
+
+
+def test_text_fusion_calibrates_beta_on_dev_and_fuses_test(tiny_root):
+    from utils.text_fusion import BETAS, fuse
+    args = parse('KDA_LRD', tiny_root, '--include_lrd', '0', '--text_fusion', '1', '--eval_batch_size', '7')
+    init_seed(0)
+    corpus = LRDReader(args)
+    net = KDA_LRD(args, corpus)
+    data = {phase: KDA_LRD.Dataset(net, corpus, phase) for phase in ('train', 'dev', 'test')}
+    for dataset in data.values():
+        dataset.prepare()
+    runner = BaseRunner(args)
+    net.actions_before_train()
+    runner.fit(data['train'], epoch=1)
+
+    def raw_and_similarity(dataset):
+        feed = dataset[np.arange(len(dataset))]
+        with torch.no_grad():
+            net.text_fusion.beta.zero_()
+            return net(feed)['prediction'], net.text_fusion.similarity(feed['history_items'], feed['item_id'])
+
+    dev_scores, dev_similarity = raw_and_similarity(data['dev'])
+    expected = {b: ranking_metrics_of(fuse(dev_scores, dev_similarity, b))['NDCG@5'] for b in BETAS}
+    assert net.calibrate(runner, data['dev']) is True
+    beta = float(net.text_fusion.beta)
+    assert expected[beta] == max(expected.values()) and all(b >= beta for b in BETAS if expected[b] == expected[beta])
+    test_scores, test_similarity = raw_and_similarity(data['test'])
+    net.text_fusion.beta.fill_(beta)
+    assert runner.evaluate(data['test'], [5], ['NDCG', 'HR']) == ranking_metrics_of(
+        fuse(test_scores, test_similarity, beta))
+
+
+def test_text_fusion_loads_a_checkpoint_of_the_plain_backbone(tiny_root, tmp_path):
+    plain, _ = build('KDA_LRD', tiny_root, '--include_lrd', '0', seed=1)
+    plain.save_model(str(tmp_path / 'kda.pt'))
+    fused, _ = build('KDA_LRD', tiny_root, '--include_lrd', '0', '--text_fusion', '1', seed=2)
+    fused.text_fusion.beta.fill_(0.3)
+    fused.load_model(str(tmp_path / 'kda.pt'))
+    assert float(fused.text_fusion.beta) == 0.0
     for name, value in plain.state_dict().items():
-        assert torch.equal(net.state_dict()[name], value), name
-    batch = padded_train_batch(data)
-    history, candidates = batch['history_items'].numpy(), batch['item_id'].numpy()
-    features = data.corpus.item_features / np.linalg.norm(data.corpus.item_features, axis=1, keepdims=True).clip(1e-12)
-    cosine = np.einsum('bhd,bcd->bch', features[history], features[candidates])
-    cosine[np.broadcast_to((history == 0)[:, None, :], cosine.shape)] = -np.inf
-    with torch.no_grad():
-        net.text_similarity.weight.fill_(0.7)
-        added = net(batch)['prediction'] - plain(batch)['prediction']
-    np.testing.assert_allclose(added.numpy(), 0.7 * cosine.max(-1), rtol=1e-5, atol=1e-6)
-    net.zero_grad()
-    net.loss(net(batch)).backward()
-    assert float(net.text_similarity.weight.grad.abs()) > 0
-    assert net.epoch_summary().endswith('text similarity weight 0.700')
+        assert torch.equal(fused.state_dict()[name], value), name
+    state = plain.state_dict()
+    del state['item_bias.weight']
+    with pytest.raises(RuntimeError, match='item_bias.weight'):  # other missing keys are still errors
+        fused.load_state_dict(state)
 
 
-def test_text_similarity_loads_features_without_lrd(tiny_root):
+def ranking_metrics_of(scores: torch.Tensor) -> dict:
+    from utils.metrics import rank_of_truth, ranking_metrics
+    return ranking_metrics(rank_of_truth(scores.numpy()), [5], ['NDCG', 'HR'])
+
+
+def test_text_fusion_loads_features_without_lrd_and_refuses_full_ranking(tiny_root):
     _, data = build('KDA_LRD', tiny_root, '--include_lrd', '0')
     assert data.corpus.item_features is None
-    net, data = build('KDA_LRD', tiny_root, '--include_lrd', '0', '--text_similarity', '1')
+    net, data = build('KDA_LRD', tiny_root, '--include_lrd', '0', '--text_fusion', '1')
     assert data.corpus.item_features.shape == (N_ITEMS + 1, FEAT_DIM) and net.lrd is None
+    with pytest.raises(ValueError, match='does not support --test_all 1'):
+        build('KDA_LRD', tiny_root, '--text_fusion', '1', '--test_all', '1')
+    plain, _ = build('KDA_LRD', tiny_root)
+    assert plain.calibrate(None, None) is False  # nothing to fit without the option
 
 
 # --------------------------------------------------------------------------- --include_lrd 0 == backbone
@@ -515,6 +559,17 @@ def test_one_epoch_with_feature_file(model, extra, tiny_root, tmp_path):
     assert f'Item text features from feat:test: ({N_ITEMS + 1}, {FEAT_DIM})' in log
     epoch_line = log.index('Epoch 1 ')
     assert log.index('LRD q over ', epoch_line) > epoch_line  # the epoch's q summary follows its line
+
+
+def test_main_calibrates_text_fusion_logs_it_and_saves_beta(tiny_root, tmp_path):
+    results = run_main('KDA_LRD', tiny_root, tmp_path, '--plm_name', 'feat:test', '--text_fusion', '1')
+    log = next((tmp_path / 'log').glob('*.txt')).read_text()
+    line = next(line for line in log.splitlines() if 'Text fusion: beta ' in line)
+    beta = float(line.split('Text fusion: beta ')[1].split()[0])
+    state = torch.load(tmp_path / 'model' / 'KDA_LRD.pt', weights_only=True)
+    assert float(state['text_fusion.beta']) == beta
+    assert "with); grid 0.0:" in line and f"{beta}:{results['dev']['NDCG@5']:.4f}" in line  # dev is the fused one
+    assert log.index('Text fusion: beta') < log.index('Dev After Training')
 
 
 class WordCountEncoder:

@@ -38,10 +38,10 @@ class LRDReader(KDAReader):
         parser.add_argument('--lrd_feature', type=str, default='llm', choices=['llm', 'id'],
                             help='Input of the relation extractor: LLM features, or item ID embeddings '
                                  '("w/o LLM" ablation; no text is encoded then).')
-        parser.add_argument('--text_similarity', type=int, default=0,
-                            help='1: add w · max over history items of the cosine between their language features '
-                                 "and the candidate's to every score, w learned (not in the paper; "
-                                 'docs/lrd.md). Loads the features even with --include_lrd 0.')
+        parser.add_argument('--text_fusion', type=int, default=0,
+                            help='1: after training, fuse evaluation scores with the max cosine between the '
+                                 "history items' and the candidate's language features, weight chosen on dev (not "
+                                 'in the paper; docs/lrd.md). Loads the features even with --include_lrd 0.')
         parser.add_argument('--missing_text', type=str, default='error', choices=['error', 'empty'],
                             help='What to do with items that have no text: stop, or embed an empty string.')
         return KDAReader.parse_data_args(parser)
@@ -49,7 +49,7 @@ class LRDReader(KDAReader):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.item_features = None
-        if (args.include_lrd and args.lrd_feature == 'llm') or args.text_similarity:
+        if (args.include_lrd and args.lrd_feature == 'llm') or args.text_fusion:
             self.item_features = self._item_features(args)
             logging.info(f'Item text features from {args.plm_name}: {self.item_features.shape}')
 

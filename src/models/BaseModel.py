@@ -102,6 +102,11 @@ class BaseModel(nn.Module):
     def actions_after_train(self) -> None:
         pass
 
+    def calibrate(self, runner, dev) -> bool:
+        """Fit post-training parameters on the dev set (e.g. ``--text_fusion``'s weight) before the final
+        evaluation; True when something was fitted, so that the checkpoint is saved again with it."""
+        return False
+
     def epoch_summary(self) -> str:
         """A line the runner logs after each training epoch (then resets): statistics a model gathers
         while training, e.g. where LRD's relation distribution q puts its mass. Empty: nothing logged."""

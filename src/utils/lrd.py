@@ -54,10 +54,10 @@ import torch.nn.functional as F
 
 from models.BaseModel import batched
 from utils.sampling import sample_excluding
-from utils.text_similarity import TextSimilarity
+from utils.text_fusion import TextFusion
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'text_similarity', 'lrd_feature',
+                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'text_fusion', 'lrd_feature',
                 'include_lrd', 'include_kge', 'plm_name']
 
 
@@ -266,24 +266,27 @@ class LRDModel:
 
     Adds K latent relation types to the backbone, attaches the module as ``self.lrd`` (None with
     ``--include_lrd 0``, which leaves exactly the backbone) and adds λ·L_lrd to the training loss. With
-    ``--text_similarity 1`` the language features' history–candidate similarity joins the score
-    (utils/text_similarity.py), with or without LRD.
+    ``--text_fusion 1`` evaluation scores are fused with the language features' history–candidate similarity,
+    with a weight fitted on dev after training (utils/text_fusion.py), with or without LRD.
     """
     reader = 'LRDReader'
 
     def __init__(self, args: argparse.Namespace, corpus):
         super().__init__(args, corpus)
         self.lrd = LatentRelationDiscovery(args, corpus, self) if args.include_lrd else None
-        self.text_similarity = TextSimilarity(corpus.item_features) if args.text_similarity else None
+        if args.text_fusion and args.test_all:
+            raise ValueError('--text_fusion standardises scores over sampled candidates; it does not support '
+                             '--test_all 1')
+        self.text_fusion = TextFusion(corpus.item_features) if args.text_fusion else None
 
     def extra_relation_num(self, args: argparse.Namespace) -> int:
         return args.latent_relation_num if args.include_lrd else 0
 
     def forward(self, feed_dict: dict) -> dict:
         out_dict = super().forward(feed_dict)
-        if self.text_similarity is not None:
-            out_dict['prediction'] = out_dict['prediction'] + self.text_similarity(feed_dict['history_items'],
-                                                                                   feed_dict['item_id'])
+        if self.text_fusion is not None and feed_dict['phase'] != 'train':
+            out_dict['prediction'] = self.text_fusion(out_dict['prediction'], feed_dict['history_items'],
+                                                      feed_dict['item_id'])
         if self.lrd is not None and feed_dict['phase'] == 'train':
             out_dict['lrd_loss'] = self.lrd(feed_dict)
         return out_dict
@@ -302,10 +305,15 @@ class LRDModel:
         loss = super().loss(out_dict)
         return loss + self.lrd.lamda * out_dict['lrd_loss'] if 'lrd_loss' in out_dict else loss
 
+    def calibrate(self, runner, dev) -> bool:
+        if self.text_fusion is None:
+            return super().calibrate(runner, dev)
+        self.text_fusion.calibrate(runner, dev)
+        return True
+
     def epoch_summary(self) -> str:
-        parts = [super().epoch_summary() if self.lrd is None else self.lrd.summary()]
-        if self.lrd is not None:
-            self.lrd.reset_statistics()
-        if self.text_similarity is not None:
-            parts.append(f'text similarity weight {self.text_similarity.weight.item():.3f}')
-        return '; '.join(part for part in parts if part)
+        if self.lrd is None:
+            return super().epoch_summary()
+        summary = self.lrd.summary()
+        self.lrd.reset_statistics()
+        return summary
