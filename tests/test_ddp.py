@@ -258,16 +258,18 @@ def fusion_beta(log: Path) -> float:
     return float(line.split('Text fusion: beta ')[1].split()[0])
 
 
-def test_text_fusion_calibrates_on_the_gathered_dev_set(tiny_root, tmp_path, monkeypatch):
+def test_text_fusion_calibrates_on_the_gathered_dev_set(tmp_path, monkeypatch):
     """Each rank ranks its slice of dev; β and the fused metrics equal a single process on the same model."""
-    out = tmp_path / 'ddp'
+    root, out = tmp_path / 'data', tmp_path / 'ddp'  # own data and caches: other tests count encoder calls
+    make_tiny_dataset(root)
+    monkeypatch.setattr(corpus_cache, 'REPO_DIR', root)
     args = ('--include_lrd', '0', '--text_fusion', '1', '--include_attr', '1', '--num_heads', '2', '--epoch', '1')
-    proc = launch(tiny_root, out, 'KDA_LRD', *args)
+    proc = launch(root, out, 'KDA_LRD', *args)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ddp = json.loads((out / 'dump' / 'results_rank0.json').read_text())
     assert json.loads((out / 'dump' / 'results_rank1.json').read_text()) == ddp
     monkeypatch.setattr(text_encoders, 'make_encoder', lambda *a, **k: FakeEncoder(tmp_path))
-    single = run_single(tiny_root, tmp_path, 'KDA_LRD', *args, '--train', '0', '--load', '1',
+    single = run_single(root, tmp_path, 'KDA_LRD', *args, '--train', '0', '--load', '1',
                         '--model_path', str(out / 'model' / 'run.pt'))
     assert fusion_beta(out / 'log' / 'run.txt') == fusion_beta(tmp_path / 'log' / 'single.txt')
     for phase in ('dev', 'test'):
