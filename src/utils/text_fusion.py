@@ -36,6 +36,8 @@ def fuse(scores: torch.Tensor, similarity: torch.Tensor, beta: float) -> torch.T
 
 
 class TextFusion(nn.Module):
+    """The similarity, the fused score and the calibration of β; β = 0 (the model's own scores) until calibrated."""
+
     def __init__(self, features: np.ndarray):
         super().__init__()
         unit = F.normalize(torch.from_numpy(np.asarray(features, dtype=np.float32)), dim=-1)  # row 0 stays 0
