@@ -61,9 +61,12 @@ def split_scores(trained: analyze.Trained, split: str, signals: dict[str, np.nda
     return {name: np.concatenate(chunks) for name, chunks in parts.items()}
 
 
-def fused_metrics(model: np.ndarray, signal: np.ndarray | None, beta: float) -> dict[str, float]:
-    scores = fuse(torch.from_numpy(model), torch.from_numpy(signal), beta).numpy() if beta else model
+def metrics(scores: np.ndarray) -> dict[str, float]:
     return ranking_metrics(rank_of_truth(scores), [5, 10], ['HR', 'NDCG'])
+
+
+def fused_metrics(model: np.ndarray, signal: np.ndarray, beta: float) -> dict[str, float]:
+    return metrics(fuse(torch.from_numpy(model), torch.from_numpy(signal), beta).numpy())
 
 
 def probe(features_path: str, main_argv: list[str]) -> list[dict]:
@@ -75,19 +78,18 @@ def probe(features_path: str, main_argv: list[str]) -> list[dict]:
     scores = {split: split_scores(trained, split, signals) for split in ('dev', 'test')}
     rows = []
     for name in signals:
-        alone = {split: ranking_metrics(rank_of_truth(scores[split][name]), [5, 10], ['HR', 'NDCG'])
-                 for split in ('dev', 'test')}
         dev = {beta: fused_metrics(scores['dev']['model'], scores['dev'][name], beta)['NDCG@5'] for beta in BETAS}
         best = max(BETAS, key=lambda b: (dev[b], -b))
-        rows.append({'signal': name, 'alone_test': _round(alone['test']), 'dev_NDCG@5_by_beta': _round(dev),
-                     'beta': best, 'model_test': _round(fused_metrics(scores['test']['model'], None, 0.0)),
+        rows.append({'signal': name, 'alone_test': _round(metrics(scores['test'][name])),
+                     'dev_NDCG@5_by_beta': _round(dev), 'beta': best,
+                     'model_test': _round(metrics(scores['test']['model'])),
                      'fused_test': _round(fused_metrics(scores['test']['model'], scores['test'][name], best))})
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
 
-def _round(metrics: dict) -> dict:
-    return {str(k): round(v, 4) for k, v in metrics.items()}
+def _round(values: dict) -> dict:
+    return {str(k): round(v, 4) for k, v in values.items()}
 
 
 def runs_with_checkpoints(csvs: list[str], model_name: str, dataset: str) -> list[tuple[str, int, list[str]]]:

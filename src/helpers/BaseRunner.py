@@ -381,12 +381,16 @@ class BaseRunner:
 
     def evaluate(self, dataset: BaseModel.Dataset, topks: list[int], metrics: list[str]) -> dict[str, float]:
         """Metrics over all instances; under torchrun every rank ranks its slice and gets the gathered result."""
+        parts = [metric_utils.rank_of_truth(p) for _, p in self.predict_batches(dataset)]
+        return self.gathered_metrics(parts, topks, metrics)
+
+    @staticmethod
+    def gathered_metrics(parts: list[np.ndarray], topks: list[int], metrics: list[str]) -> dict[str, float]:
+        """Metrics of this process' ranks (batches of ``predict_batches``), gathered over ranks under torchrun."""
         if not dist_utils.is_initialized():
-            ranks = np.concatenate([metric_utils.rank_of_truth(p) for _, p in self.predict_batches(dataset)])
-            return metric_utils.ranking_metrics(ranks, topks, metrics)
-        parts = [metric_utils.rank_of_truth(p).astype(np.int64) for _, p in self.predict_batches(dataset)]
-        ranks = dist_utils.all_gather_array(np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
-        return metric_utils.ranking_metrics(ranks, topks, metrics)
+            return metric_utils.ranking_metrics(np.concatenate(parts), topks, metrics)
+        local = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, dtype=np.int64)
+        return metric_utils.ranking_metrics(dist_utils.all_gather_array(local), topks, metrics)
 
     def print_res(self, dataset: BaseModel.Dataset) -> str:
         return '(' + metric_utils.format_metrics(self.evaluate(dataset, self.topk, self.metrics)) + ')'

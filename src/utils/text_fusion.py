@@ -19,8 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from utils import distributed as dist_utils
-from utils.metrics import rank_of_truth, ranking_metrics
+from utils.metrics import rank_of_truth
 
 BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -61,7 +60,8 @@ class TextFusion(nn.Module):
         return torch.where(torch.isfinite(cosine), cosine, torch.zeros_like(cosine))
 
     def forward(self, scores: torch.Tensor, history: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        return fuse(scores, self.similarity(history, candidates), float(self.beta))
+        beta = float(self.beta)  # 0 in every dev evaluation during training: no similarity to compute then
+        return fuse(scores, self.similarity(history, candidates), beta) if beta else scores
 
     def calibrate(self, runner, dataset) -> dict[float, float]:
         """Set β to the grid value with the best main metric on ``dataset`` (ties: the smaller β); returns the
@@ -76,13 +76,9 @@ class TextFusion(nn.Module):
             prediction = torch.from_numpy(prediction)
             for beta in BETAS:
                 ranks[beta].append(rank_of_truth(fuse(prediction, similarity, beta).numpy()))
-        metric = {}
-        for beta in BETAS:
-            local = np.concatenate(ranks[beta]) if ranks[beta] else np.zeros(0, dtype=np.int64)
-            if dist_utils.is_initialized():
-                local = dist_utils.all_gather_array(local.astype(np.int64))
-            metric[beta] = ranking_metrics(local, [runner.main_topk], [runner.main_metric.split('@')[0]])[
-                runner.main_metric]
+        name = runner.main_metric.split('@')[0]
+        metric = {beta: runner.gathered_metrics(ranks[beta], [runner.main_topk], [name])[runner.main_metric]
+                  for beta in BETAS}
         best = max(BETAS, key=lambda b: (metric[b], -b))
         self.beta.fill_(best)
         logging.info(f'Text fusion: beta {best} chosen on dev {runner.main_metric} ({metric[0.0]:.4f} without, '
