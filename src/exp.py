@@ -64,7 +64,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument('--csv', type=str, required=True, help='Results CSV written by exp.py run.')
+    parser.add_argument('--csv', type=str, nargs='+', required=True,
+                        help='Results CSV(s) written by exp.py run; several are read as one table.')
     parser.add_argument('--by', type=str, default='dev_NDCG@5',
                         help='Dev metric whose mean over seeds picks the best configuration (never a test metric).')
     parser.add_argument('--min_seeds', type=int, default=1,
@@ -74,7 +75,12 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--keep_variants', type=int, default=0,
                         help='Also consider ablation variants (include_lrd=0, include_kge=0, lrd_feature=id); '
                              'by default they are excluded.')
-    parser.add_argument('--models', type=str, default='', help='Comma-separated models to keep (default: all).')
+    parser.add_argument('--pool', type=str, default=','.join(ex.RESOURCE_ARGS),
+                        help='Arguments left out of a configuration, so that seeds run with different budgets (or '
+                             'evaluated from a checkpoint) count as one; a seed run twice keeps its latest run. '
+                             "'' keeps every argument.")
+    parser.add_argument('--models', type=str, default='',
+                        help='Comma-separated models to keep (default: all); text-fusion runs are named X+TF.')
     parser.add_argument('--datasets', type=str, default='', help='Comma-separated datasets to keep (default: all).')
     return parser
 
@@ -157,18 +163,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if counts['failed'] else 0
 
 
+def _sources(args: argparse.Namespace) -> str:
+    return ' '.join(args.csv)
+
+
 def _selection(args: argparse.Namespace):
-    df = ex.read_results(args.csv)
+    df = ex.read_many(args.csv)
     rows = ex.filter_rows(df, args.where, bool(args.keep_variants),
                           models=[m for m in args.models.split(',') if m] or None,
                           datasets=[d for d in args.datasets.split(',') if d] or None)
+    rows = ex.pool_configs(rows, [a for a in args.pool.split(',') if a])
     return rows, ex.select_best(rows, args.by, args.min_seeds)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
     _, best = _selection(args)
     if best.empty:
-        print(f'No finished runs in {args.csv} match (min_seeds={args.min_seeds}).', file=sys.stderr)
+        print(f'No finished runs in {_sources(args)} match (min_seeds={args.min_seeds}).', file=sys.stderr)
         return 1
     from utils.reports import markdown_table, model_order
     rank = {m: i for i, m in enumerate(model_order(best['model']))}
@@ -183,7 +194,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         print(f'Selection written to {args.out}')
     if args.commands_out:
         with open(args.commands_out, 'w') as f:
-            f.write(f'# best configurations of {args.csv} by mean {args.by} over seeds\n')
+            f.write(f'# best configurations of {_sources(args)} by mean {args.by} over seeds\n')
             for config in best['config']:
                 f.write('python src/main.py ' + shlex.join(ex.config_args(config)) + '\n')
         print(f'Command file written to {args.commands_out}')
@@ -194,11 +205,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     from utils import reports
     rows, best = _selection(args)
     if best.empty:
-        print(f'No finished runs in {args.csv} match (min_seeds={args.min_seeds}).', file=sys.stderr)
+        print(f'No finished runs in {_sources(args)} match (min_seeds={args.min_seeds}).', file=sys.stderr)
         return 1
     metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
     table = reports.build_table(rows, best, metrics, args.by)
-    markdown = reports.render_markdown(table, metrics, digits=args.digits, by=args.by, source=args.csv)
+    markdown = reports.render_markdown(table, metrics, digits=args.digits, by=args.by, source=_sources(args))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         f.write(markdown)

@@ -321,6 +321,16 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def read_many(paths: list[str | os.PathLike]) -> pd.DataFrame:
+    """Several results CSVs as one table (runs of several sessions); a run id seen twice keeps its last row."""
+    frames = [read_results(p) for p in paths]
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        return pd.DataFrame(columns=FIXED_COLUMNS)
+    df = pd.concat(frames, ignore_index=True)
+    return df.drop_duplicates('run_id', keep='last').reset_index(drop=True)
+
+
 def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
     """Rewrite the whole CSV atomically (temp file + rename), columns in :func:`order_columns` order."""
     columns = order_columns([c for row in rows for c in row] or FIXED_COLUMNS)
@@ -593,6 +603,48 @@ def _finish(job: _Running, wall_s: float, timed_out: float | None = None) -> dic
 # --------------------------------------------------------------------------- selection
 
 VARIANT_DEFAULTS = {'include_lrd': 1, 'include_kge': 1, 'lrd_feature': 'llm'}
+# Reports name a model evaluated with --text_fusion 1 "<model>+TF": a model of its own, compared with its backbone.
+TEXT_FUSION_SUFFIX = '+TF'
+# Arguments that stop or resume a run without changing what it trains; reports pool seeds across them.
+RESOURCE_ARGS = ('time_budget', 'load', 'train')
+
+
+def label_text_fusion(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows run with ``--text_fusion 1`` renamed ``X+TF`` (``X_LRD+TF`` with LRD on).
+
+    ``X_LRD --include_lrd 0 --text_fusion 1`` is the backbone plus the fusion, so it becomes ``X+TF`` and loses its
+    ``include_lrd`` value: it is not the "w/o LRD" ablation.
+    """
+    if 'text_fusion' not in df.columns:
+        return df
+    fused = pd.to_numeric(df['text_fusion'], errors='coerce').fillna(0).astype(bool)
+    if not fused.any():
+        return df
+    df = df.copy()
+    include_lrd = df['include_lrd'] if 'include_lrd' in df.columns else pd.Series(np.nan, index=df.index)
+    no_lrd = fused & df['model'].str.endswith('_LRD') & pd.to_numeric(include_lrd, errors='coerce').eq(0)
+    df.loc[no_lrd, 'model'] = df.loc[no_lrd, 'model'].str[:-len('_LRD')]
+    df.loc[no_lrd, 'include_lrd'] = np.nan
+    df.loc[fused, 'model'] = df.loc[fused, 'model'] + TEXT_FUSION_SUFFIX
+    return df
+
+
+def pool_configs(df: pd.DataFrame, ignore=RESOURCE_ARGS) -> pd.DataFrame:
+    """Configs with the ``ignore`` arguments removed, so that seeds run with different budgets count as one
+    configuration; a seed run more than once under the pooled config keeps its latest finished run."""
+    if df.empty or not ignore:
+        return df
+
+    def pooled(key: str) -> str:
+        try:
+            config = json.loads(key)
+        except (TypeError, json.JSONDecodeError):
+            return key
+        return json.dumps({k: v for k, v in config.items() if k not in ignore}, sort_keys=True)
+
+    df = df.assign(config=[pooled(c) for c in df['config']])
+    df = df.sort_values('finished_at', kind='stable', na_position='first')
+    return df.drop_duplicates(['model', 'dataset', 'config', 'seed'], keep='last').sort_index()
 
 
 def _matches(value, wanted) -> bool:
@@ -612,8 +664,9 @@ def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None, keep_va
     ``where``: ``['name=value', ...]``; a row is dropped when it has a value for ``name`` that differs (rows of
     models without that argument are kept). Unless ``keep_variants``, ablation variants (``include_lrd=0``,
     ``include_kge=0``, ``lrd_feature=id``) are dropped, so that "best config of KDA_LRD" means the full model.
+    Text-fusion runs are named by :func:`label_text_fusion` first (``models`` filters on those names).
     """
-    out = df[df['status'] == 'ok'].copy()
+    out = label_text_fusion(df[df['status'] == 'ok'].copy())
     conditions = dict(VARIANT_DEFAULTS) if not keep_variants else {}
     if isinstance(where, dict):
         conditions.update(where)

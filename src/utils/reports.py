@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.experiments import short_config
+from utils.experiments import TEXT_FUSION_SUFFIX, short_config
 
 PAPER_ORDER = ['Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD']
 DAGGER, DOUBLE_DAGGER = '†', '‡'
@@ -66,28 +66,27 @@ class Entry:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     dev: float = float('nan')                    # mean of the selection metric
-    baseline: str = ''                           # for X_LRD: the model X it is compared with
+    baseline: str = ''                           # for X_LRD, X+TF, X_LRD+TF: the model X it is compared with
     improv: dict[str, float] = field(default_factory=dict)
     t: dict[str, float] = field(default_factory=dict)
     p: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
 
 
+def backbone_of(model: str) -> str:
+    """The model an LRD or text-fusion variant is compared with: ``KDA`` for KDA_LRD, KDA+TF and KDA_LRD+TF."""
+    name = model.removesuffix(TEXT_FUSION_SUFFIX)
+    return name.removesuffix('_LRD')
+
+
 def model_order(models) -> list[str]:
-    """The paper's order, others alphabetically after; an X_LRD always right after its X."""
+    """The paper's order, others alphabetically after; each backbone X followed by X_LRD, X+TF, X_LRD+TF."""
     models = list(dict.fromkeys(models))
-    known = [m for m in PAPER_ORDER if m in models]
-    rest = sorted(m for m in models if m not in PAPER_ORDER)
-    ordered = []
-    for m in known + rest:
-        if m in ordered:
-            continue
-        if m.endswith('_LRD') and m[:-4] in models and m[:-4] not in ordered:
-            continue  # placed after its backbone
-        ordered.append(m)
-        if f'{m}_LRD' in models and f'{m}_LRD' not in ordered:
-            ordered.append(f'{m}_LRD')
-    return ordered
+    backbones = list(dict.fromkeys(backbone_of(m) for m in models))
+    rank = {m: i for i, m in enumerate([b for b in PAPER_ORDER if b in backbones]
+                                       + sorted(b for b in backbones if b not in PAPER_ORDER))}
+    variant = {'': 0, '_LRD': 1, TEXT_FUSION_SUFFIX: 2, '_LRD' + TEXT_FUSION_SUFFIX: 3}
+    return sorted(models, key=lambda m: (rank[backbone_of(m)], variant.get(m[len(backbone_of(m)):], 4), m))
 
 
 def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: str = 'dev_NDCG@5') -> list[Entry]:
@@ -112,8 +111,8 @@ def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: 
             entries.append(entry)
         by_model = {e.model: e for e in entries if e.dataset == dataset}
         for entry in by_model.values():
-            if entry.model.endswith('_LRD') and entry.model[:-4] in by_model:
-                base = by_model[entry.model[:-4]]
+            if backbone_of(entry.model) != entry.model and backbone_of(entry.model) in by_model:
+                base = by_model[backbone_of(entry.model)]
                 entry.baseline = base.model
                 for m in metrics:
                     entry.improv[m] = relative_improvement(entry.mean[m], base.mean[m])
@@ -157,14 +156,16 @@ def _best_means(entries: list[Entry], metrics: list[str]) -> dict[tuple[str, str
 def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
                     source: str = '', level: int = 1) -> str:
     """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
-    "Improv." row under each X_LRD with the relative improvement over X and the paired t-test p-value.
+    "Improv." row under each X_LRD (and X+TF, X_LRD+TF) with the relative improvement over X and the paired t-test
+    p-value.
     ``level`` is the heading level of the title (2 or more to nest the table in a page)."""
     best = _best_means(entries, metrics)
     title, sub = '#' * level, '#' * (level + 1)
     out = [f'{title} Overall performance (test set)', '',
            f'Source: `{source}`. Each model\'s configuration is the one with the best mean {by} over seeds; '
            'cells are mean ± std of the test metric over that configuration\'s seeds. '
-           f'"Improv." is the relative improvement of X_LRD over X; p is a two-sided paired t-test over '
+           f'"Improv." is the relative improvement of X_LRD over X (also of X+TF, X\'s scores fused with the '
+           'text similarity by --text_fusion 1); p is a two-sided paired t-test over '
            f'common seeds (scipy.stats.ttest_rel); {DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
            'Bold: best mean per column.', '']
     for dataset in dict.fromkeys(e.dataset for e in entries):
@@ -191,9 +192,13 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
 
 
 def _latex_model(name: str) -> str:
+    fused = name.endswith(TEXT_FUSION_SUFFIX)
+    name = name.removesuffix(TEXT_FUSION_SUFFIX)
     if name.endswith('_LRD'):
-        return name[:-4].replace('_', r'\_') + r'$_{\mathrm{LRD}}$'
-    return name.replace('_', r'\_')
+        name = name[:-4].replace('_', r'\_') + r'$_{\mathrm{LRD}}$'
+    else:
+        name = name.replace('_', r'\_')
+    return name + (TEXT_FUSION_SUFFIX if fused else '')
 
 
 def render_latex(entries: list[Entry], metrics: list[str], digits: int = 4) -> str:
@@ -204,8 +209,8 @@ def render_latex(entries: list[Entry], metrics: list[str], digits: int = 4) -> s
     marks = {DAGGER: r'$^{\dagger}$', DOUBLE_DAGGER: r'$^{\ddagger}$', '': ''}
     lines = [r'\begin{table*}[t]', r'\centering',
              r'\caption{Overall performance (test set, mean $\pm$ std over seeds). Improv.: relative improvement '
-             r'of the LRD model over its backbone; $^{\dagger}$/$^{\ddagger}$: $p \le 0.05$/$p \le 0.01$ in a '
-             r'paired t-test over seeds.}',
+             r'of the LRD (or +TF, text-fusion) model over its backbone; $^{\dagger}$/$^{\ddagger}$: '
+             r'$p \le 0.05$/$p \le 0.01$ in a paired t-test over seeds.}',
              r'\begin{tabular}{l' + ('c' * len(metrics)) * len(datasets) + '}', r'\toprule',
              'Datasets & ' + ' & '.join(rf'\multicolumn{{{len(metrics)}}}{{c}}{{{d}}}' for d in datasets) + r' \\',
              ''.join(rf'\cmidrule(lr){{{2 + i * len(metrics)}-{1 + (i + 1) * len(metrics)}}}'
