@@ -7,7 +7,9 @@
 # Each argument is GRID_FILE:N_SEEDS:SEED0 (files in bench/grids/, on top of office_kda_base.txt);
 # all runs of all grids start at once. Results under $OUT: gpu.txt, <grid>.csv, logs.tgz, exp.txt, and
 # with KEEP_MODELS='*-s0-*' (a find -path pattern) models.tgz with those checkpoints (for the analyses;
-# a KDA_LRD checkpoint is ~2 MB and a returned file may hold 16 MiB).
+# a KDA_LRD checkpoint is ~2 MB and a returned file may hold 16 MiB). With FUSE=1, once the grids are done,
+# every trained checkpoint is evaluated again with --text_fusion 1 (no training: exp.py run --checkpoints;
+# KDA/RCF as KDA_LRD/RCF_LRD --include_lrd 0, i.e. KDA+TF in the report) into <grid>_tf_<model>.csv.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT" results
 BUDGET=${BUDGET:-420}      # seconds of training loop per run
@@ -30,9 +32,9 @@ if command -v nvidia-cuda-mps-control >/dev/null; then  # lets the small kernels
 fi
 cat "$OUT/gpu.txt"
 base="$(grep -v '^#' "$BASE") --time_budget $BUDGET"
-total=0
+total=0; names=()
 for spec in "$@"; do
-  IFS=: read -r file n seed0 <<< "$spec"; name=${file%.txt}
+  IFS=: read -r file n seed0 <<< "$spec"; name=${file%.txt}; names+=("$name")
   jobs=$(( n * $(grep -cv '^#' "bench/grids/$file") )); total=$(( total + jobs ))
   python3 src/exp.py run --commands "bench/grids/$file" --base "$base" --n_seeds "$n" --seed0 "$seed0" \
     --jobs "$jobs" --timeout $(( BUDGET + 120 )) --out "results/$name.csv" >> "$OUT/exp.txt" 2>&1 &
@@ -42,6 +44,19 @@ while [ -n "$(jobs -rp)" ] && [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; do
   sleep 10; [ $(( ($(date +%s) - T0) % 60 )) -lt 10 ] && nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
 done
 echo "elapsed $(( $(date +%s) - T0 )) s; still running: $(jobs -rp | wc -l)"
+if [ -n "${FUSE:-}" ] && [ -z "$(jobs -rp)" ]; then
+  for name in "${names[@]}"; do
+    for m in KDA RCF KDA_LRD RCF_LRD; do
+      if [[ $m == *_LRD ]]; then fuse="--text_fusion 1"
+      else fuse="--model_name ${m}_LRD --include_lrd 0 --text_fusion 1 --plm_name feat:minilm"; fi
+      grep -q "^[^,]*,$m," "results/$name.csv" 2>/dev/null || continue
+      python3 src/exp.py run --checkpoints "results/$name.csv" --checkpoint_models "$m" --base "$fuse" \
+        --jobs 16 --out "results/${name}_tf_$m.csv" >> "$OUT/exp.txt" 2>&1 &
+    done
+  done
+  while [ -n "$(jobs -rp)" ] && [ $(( $(date +%s) - T0 )) -lt "$DEADLINE" ]; do sleep 5; done
+  echo "text fusion done at $(( $(date +%s) - T0 )) s; still running: $(jobs -rp | wc -l)"
+fi
 tar czf "$OUT/logs.tgz" log results 2>/dev/null; cp results/*.csv "$OUT/" 2>/dev/null
 [ -n "${KEEP_MODELS:-}" ] && find model -path "$KEEP_MODELS" -name '*.pt' -print0 | tar czf "$OUT/models.tgz" --null -T -
 python3 - <<'PY'

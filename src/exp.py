@@ -3,6 +3,8 @@
     python src/exp.py run --commands office.sh --n_seeds 5 --jobs 2 --out results/office.csv
     python src/exp.py run --base '--model_name KDA_LRD --dataset Office' \\
         --grid 'lr=1e-3,1e-4 lamda=0.1,1,5,10' --n_seeds 5 --out results/office.csv
+    python src/exp.py run --checkpoints results/office.csv --checkpoint_models KDA \
+        --base '--model_name KDA_LRD --include_lrd 0 --text_fusion 1' --out results/office_tf.csv  # no training
     python src/exp.py select --csv results/office.csv --by dev_NDCG@5
     python src/exp.py report --csv results/office.csv --out docs/results_table.md --latex docs/results_table.tex
     python src/exp.py table3 --dataset Office --n_seeds 5 --jobs 2   # Table 3: 8 models × 5 seeds → docs/results.md
@@ -35,6 +37,12 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--grid', type=str, action='append', default=[],
                         help="Grid on top of every command: 'lr=1e-3,1e-4 lamda=0.1,1,5,10' (Cartesian product). "
                              'Repeatable.')
+    parser.add_argument('--checkpoints', type=str, default='',
+                        help="Evaluate the checkpoints of this results CSV's finished runs instead of training: "
+                             "each run's own arguments, then --base and --grid (e.g. --base '--model_name KDA_LRD "
+                             "--include_lrd 0 --text_fusion 1'), then --load 1 --train 0 on its checkpoint and seed.")
+    parser.add_argument('--checkpoint_models', type=str, default='',
+                        help='With --checkpoints: comma-separated models whose runs are evaluated (default: all).')
     parser.add_argument('--n_seeds', type=int, default=1,
                         help='Runs per configuration, with --random_seed seed0, seed0+1, ...')
     parser.add_argument('--seed0', type=int, default=0, help='First random seed.')
@@ -143,8 +151,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.commands and not commands:
         print(f'error: no runs in {args.commands}', file=sys.stderr)
         return 2
-    specs = ex.build_specs(commands or None, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),
-                           n_seeds=args.n_seeds, seed0=args.seed0)
+    if args.checkpoints:
+        if commands:
+            print('error: --checkpoints evaluates runs with their own arguments; change them with --base or --grid, '
+                  'not --commands', file=sys.stderr)
+            return 2
+        specs, missing = ex.checkpoint_specs(ex.read_results(args.checkpoints), base=shlex.split(args.base),
+                                             grid=ex.parse_grid(args.grid),
+                                             models=[m for m in args.checkpoint_models.split(',') if m] or None)
+        if missing:
+            print(f'{len(missing)} finished runs of {args.checkpoints} have no checkpoint on disk, skipped: '
+                  f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}', file=sys.stderr)
+        if not specs:
+            print(f'error: no checkpoint to evaluate in {args.checkpoints}', file=sys.stderr)
+            return 2
+    else:
+        specs = ex.build_specs(commands or None, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),
+                               n_seeds=args.n_seeds, seed0=args.seed0)
     if args.dry_run:
         done = set()
         if os.path.exists(args.out):

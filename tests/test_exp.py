@@ -307,6 +307,44 @@ def test_real_children_ok_and_crash(tmp_path, tiny_outside_repo, monkeypatch):
     assert result['test']['NDCG@5'] == pytest.approx(float(ok['test_NDCG@5']))
 
 
+def test_checkpoints_are_evaluated_again_with_text_fusion(tmp_path, tiny_outside_repo, monkeypatch):
+    """exp.py run --checkpoints: each trained KDA is loaded into KDA_LRD --include_lrd 0 --text_fusion 1 and
+    evaluated (β fitted on dev) without training or overwriting it; the report pairs KDA+TF with KDA."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    name, data = tiny_outside_repo, tmp_path / 'data'
+    n_items = int(pd.read_csv(data / name / 'item_meta.csv', sep='\t')['item_id'].max())
+    np.savetxt(data / name / f'{name}.feat.tiny', np.random.default_rng(0).normal(size=(n_items, 6)))
+    paths = ['--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')]
+    trained = tmp_path / 'kda.csv'
+    base = (f"--model_name KDA --dataset {name} --path {data} --epoch 1 --gpu '' --batch_size 64 --emb_size 8 "
+            '--num_heads 2 --num_layers 1 --topk 5,10')
+    assert exp.main(['run', '--base', base, '--n_seeds', '2', '--out', str(trained)] + paths) == 0
+    kda = ex.read_results(trained)
+    before = {p: Path(p).read_bytes() for p in kda['model_path']}
+    fused = tmp_path / 'tf.csv'
+    argv = ['run', '--checkpoints', str(trained), '--base', '--model_name KDA_LRD --include_lrd 0 --text_fusion 1 '
+            '--plm_name feat:tiny', '--out', str(fused)] + paths
+    assert exp.main(argv) == 0
+    tf = ex.read_results(fused)
+    assert list(tf['model']) == ['KDA_LRD', 'KDA_LRD'] and sorted(tf['seed']) == [0, 1]
+    assert (tf['text_fusion'] == 1).all() and (tf['train'] == 0).all() and (tf['epochs'] == 0).all()
+    assert sorted(tf['model_path']) == sorted(before)  # loaded from the trained checkpoints ...
+    assert all(Path(p).read_bytes() == b for p, b in before.items())  # ... and left as they were
+    for log in tf['log_file']:
+        assert 'Text fusion: beta ' in Path(log).read_text()
+    md = tmp_path / 't.md'
+    assert exp.main(['report', '--csv', str(trained), str(fused), '--out', str(md)]) == 0
+    assert '| Improv. vs KDA |' in md.read_text() and '| KDA+TF |' in md.read_text()
+    (tmp_path / 'x.txt').write_text('--lr 1e-2\n')
+    assert exp.main(argv[:3] + ['--commands', str(tmp_path / 'x.txt')] + argv[3:]) == 2
+    Path(kda['model_path'][0]).unlink()
+    specs, missing = ex.checkpoint_specs(kda)
+    assert missing == [kda['run_id'][0]] and [s.seed for s in specs] == [1]
+    assert specs[0].argv[-8:] == ['--load', '1', '--train', '0', '--model_path', kda['model_path'][1],
+                                  '--random_seed', '1']
+    assert '--log_file' not in specs[0].argv and specs[0].argv.count('--model_path') == 1
+
+
 # --------------------------------------------------------------------------- selection and reports
 
 def synthetic_results(path: Path) -> pd.DataFrame:

@@ -276,16 +276,53 @@ def build_specs(commands: list[list[str]] | None, base: list[str] | None = None,
         for point in expand_grid(grid or []):
             argv = list(base or []) + list(command) + point
             for i in range(n_seeds):
-                seed = seed0 + i
-                full = argv + ['--random_seed', str(seed)]
-                config, values, run_name, error = normalise(full)
-                spec = RunSpec(argv=full, seed=seed, model=str(config.get('model_name', '?')),
-                               dataset=str(values.get('dataset', config.get('dataset', '?'))), config=config,
-                               args=values, error=error, run_name=run_name)
+                spec = _spec(argv, seed0 + i)
                 if spec.run_id not in seen:
                     seen.add(spec.run_id)
                     specs.append(spec)
     return specs
+
+
+def _spec(argv: list[str], seed: int) -> RunSpec:
+    full = argv + ['--random_seed', str(seed)]
+    config, values, run_name, error = normalise(full)
+    return RunSpec(argv=full, seed=seed, model=str(config.get('model_name', '?')),
+                   dataset=str(values.get('dataset', config.get('dataset', '?'))), config=config, args=values,
+                   error=error, run_name=run_name)
+
+
+def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list[tuple[str, list[str]]] | None = None,
+                     models: list[str] | None = None) -> tuple[list[RunSpec], list[str]]:
+    """Runs that evaluate trained checkpoints again instead of training (e.g. with ``--text_fusion 1``).
+
+    For each finished run of ``df`` (of ``models``) whose checkpoint is on disk: its own arguments (without the
+    log and model paths exp.py gave it), then ``base``, then each grid point, then ``--load 1 --train 0
+    --model_path <its checkpoint>``, with its seed. Returns the specs and the run ids whose checkpoint is missing.
+    """
+    rows = df[df['status'] == 'ok']
+    if models:
+        rows = rows[rows['model'].isin(models)]
+    specs, missing, seen = [], [], set()
+    for _, row in rows.iterrows():
+        checkpoint = row.get('model_path')
+        if not isinstance(checkpoint, str) or not os.path.isfile(checkpoint):
+            missing.append(str(row['run_id']))
+            continue
+        own, tokens = [], shlex.split(str(row['argv']))
+        i = 0
+        while i < len(tokens):
+            if tokens[i] in ('--log_file', '--model_path', '--random_seed'):
+                i += 2
+                continue
+            own.append(tokens[i])
+            i += 1
+        for point in expand_grid(grid or []):
+            argv = own + list(base or []) + point + ['--load', '1', '--train', '0', '--model_path', checkpoint]
+            spec = _spec(argv, int(row['seed']))
+            if spec.run_id not in seen:
+                seen.add(spec.run_id)
+                specs.append(spec)
+    return specs, missing
 
 
 # --------------------------------------------------------------------------- the results CSV
