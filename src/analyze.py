@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest='command', required=True)
 
     p = _common(sub.add_parser('ablation', allow_abbrev=False, help='Fig. 2: full model vs w/o LLM, KGE, LRD.'))
-    p.add_argument('--csv', type=str, required=True, help='Results CSV of exp.py holding the variants.')
+    p.add_argument('--csv', type=str, nargs='+', required=True,
+                   help='Results CSV(s) of exp.py holding the variants (and the backbone), read as one table.')
     p.add_argument('--by', type=str, default='dev_NDCG@5', help='Dev metric that picks each variant\'s configuration.')
     p.add_argument('--min_seeds', type=int, default=1,
                    help='Only configurations with at least this many finished seeds are eligible.')
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _common(sub.add_parser('sensitivity', allow_abbrev=False,
                                help='Fig. 6: metric vs K (averaged over λ) and vs λ (averaged over K).'))
-    p.add_argument('--csv', type=str, required=True, help='Results CSV of exp.py with a K × λ grid.')
+    p.add_argument('--csv', type=str, nargs='+', required=True,
+                   help='Results CSV(s) of exp.py with a K × λ grid, read as one table.')
     p.add_argument('--metric', type=str, default='test_NDCG@5', help='Plotted metric column.')
     p.add_argument('--by', type=str, default='dev_NDCG@5',
                    help='Dev metric that picks the other hyper-parameters within each (K, λ) cell.')
@@ -211,6 +213,10 @@ def _stem(opts: argparse.Namespace, default: str) -> str:
     return os.path.join(opts.out_dir, opts.name or default)
 
 
+def _sources(opts: argparse.Namespace) -> str:
+    return ' '.join(opts.csv)
+
+
 def _write(path: str, text: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:
@@ -285,16 +291,16 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
 
 def cmd_ablation(opts: argparse.Namespace) -> dict:
     metrics = [m.strip() for m in opts.metrics.split(',') if m.strip()]
-    summary = ablation_summary(ex.read_results(opts.csv), opts.by, metrics, opts.split,
+    summary = ablation_summary(ex.read_many(opts.csv), opts.by, metrics, opts.split,
                                [m for m in opts.models.split(',') if m] or None, opts.where, opts.min_seeds)
     if summary.empty:
-        raise ValueError(f'no finished runs of the variants in {opts.csv} (min_seeds={opts.min_seeds})')
+        raise ValueError(f'no finished runs of the variants in {_sources(opts)} (min_seeds={opts.min_seeds})')
     stem = _stem(opts, 'ablation')
     summary.to_csv(stem + '.csv', index=False)
     figures.ablation_bars(summary, metrics, stem + '.png')
     table = summary[['group', 'variant', 'source_model', 'n_seeds'] + [f'{m}_{s}' for m in metrics for s in ('mean', 'std')]
                     + ['config']]
-    _write(stem + '.md', f'# Ablation ({opts.split} set, mean ± std over seeds)\n\nSource: `{opts.csv}`; each '
+    _write(stem + '.md', f'# Ablation ({opts.split} set, mean ± std over seeds)\n\nSource: `{_sources(opts)}`; each '
            f'variant\'s configuration has the best mean {opts.by}.\n\n' + markdown_table(table))
     return {'png': stem + '.png', 'csv': stem + '.csv', 'md': stem + '.md'}
 
@@ -667,13 +673,13 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
 def cmd_sensitivity(opts: argparse.Namespace) -> dict:
     if not opts.metric.startswith(('dev_', 'test_')):
         raise ValueError(f'--metric {opts.metric}: use a dev_ or test_ metric column, e.g. test_NDCG@5')
-    cells, curves = sensitivity_tables(ex.read_results(opts.csv), opts.metric, opts.by,
+    cells, curves = sensitivity_tables(ex.read_many(opts.csv), opts.metric, opts.by,
                                        [m for m in opts.models.split(',') if m] or None, opts.where)
     stem = _stem(opts, 'sensitivity')
     curves.to_csv(stem + '.csv', index=False)
     cells.to_csv(stem + '_cells.csv', index=False)
     figures.sensitivity_lines(curves, opts.metric, stem + '.png')
-    text = (f'# Hyper-parameter sensitivity ({opts.metric})\n\nSource: `{opts.csv}`. Each (K, λ) cell is the '
+    text = (f'# Hyper-parameter sensitivity ({opts.metric})\n\nSource: `{_sources(opts)}`. Each (K, λ) cell is the '
             f'configuration with the best mean {opts.by} (other hyper-parameters) and its mean {opts.metric} over '
             'seeds; curves average the cells over the other parameter, as in the paper.\n\n## vs K\n\n'
             + markdown_table(curves[curves['param'] == 'latent_relation_num'].drop(columns='param'))

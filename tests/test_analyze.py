@@ -233,6 +233,14 @@ def test_ablation(tmp_path):
     out = analyze.run(['ablation', '--csv', str(tmp_path / 'ablation.csv'), '--out_dir', str(tmp_path)])
     summary = pd.read_csv(out['csv']).set_index('variant')
     assert summary.loc['w/o LRD', 'source_model'] == 'KDA_LRD' and summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29)
+    # text fusion without LRD (KDA+TF), in a second CSV, is not the w/o-LRD variant, however good on dev
+    ex.write_results(tmp_path / 'fused.csv', [_row('KDA_LRD', ['--include_lrd', '0', '--text_fusion', '1'], seed, 0.8,
+                                                   0.8) for seed in (0, 1, 2)])
+    ex.write_results(tmp_path / 'runs.csv', rows)  # ablation.csv is now the output of the call above
+    out = analyze.run(['ablation', '--csv', str(tmp_path / 'runs.csv'), str(tmp_path / 'fused.csv'),
+                       '--out_dir', str(tmp_path)])
+    summary = pd.read_csv(out['csv']).set_index('variant')
+    assert summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29) and len(summary) == 4
 
 
 def test_sensitivity(tmp_path):
