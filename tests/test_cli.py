@@ -130,7 +130,7 @@ def test_run_name():
     full = ('KDA_LRD__Office__3__lr=0.01__l2=0__emb_size=64__num_layers=1__num_heads=1__gamma=-1__'
             'include_val=1__freq_rand=0__latent_relation_num=8__lamda=0.1__alpha=0.1__lrd_loss=code__'
             'entropy_sign=code__leave_one_latent=1__lrd_relations=all__q_balance=0.0__relation_diversity=0.0__'
-            'q_attention=0__text_fusion=0__lrd_feature=llm__include_lrd=1__include_kge=1__plm_name=minilm')
+            'q_attention=0__text_fusion=0__text_init=0__lrd_feature=llm__include_lrd=1__include_kge=1__plm_name=minilm')
     name = main.run_name(args, registry.find_model('KDA_LRD'))
     assert len(name) <= main.MAX_RUN_NAME
     assert name == ('KDA_LRD__Office__3__lr=0.01__l2=0__emb_size=64__num_layers=1__num_heads=1__gamma=-1__'

@@ -497,6 +497,39 @@ def test_text_fusion_loads_features_without_lrd_and_refuses_full_ranking(tiny_ro
     assert plain.calibrate(None, None) is False  # nothing to fit without the option
 
 
+# --------------------------------------------------------------------------- --text_init
+
+def test_text_item_embeddings_keep_the_texts_geometry_at_the_init_scale():
+    from utils.text_init import INIT_STD, text_item_embeddings
+    rng = np.random.default_rng(0)
+    x = np.vstack([np.zeros(5), rng.normal(size=(7, 2)) @ rng.normal(size=(2, 5))])  # rank 2, row 0 = padding
+    out = text_item_embeddings(x, 4)
+    assert out.shape == (7, 4) and out.dtype == np.float32
+    assert out.std() == pytest.approx(INIT_STD, rel=1e-5)
+    np.testing.assert_allclose(out[:, 2:], 0, atol=1e-7)  # only two informative components
+    centred = x[1:] - x[1:].mean(axis=0)
+    gram, expected = out @ out.T, centred @ centred.T
+    np.testing.assert_allclose(gram, expected * (gram[0, 0] / expected[0, 0]), rtol=1e-4, atol=1e-9)
+    assert text_item_embeddings(x, 1).shape == (7, 1)
+
+
+@pytest.mark.parametrize('backbone', ['KDA', 'RCF'])
+def test_text_init_sets_only_the_item_rows_and_then_trains_as_usual(backbone, tiny_root):
+    from utils.text_init import text_item_embeddings
+    plain, _ = build(backbone + '_LRD', tiny_root, '--include_lrd', '0')
+    net, data = build(backbone + '_LRD', tiny_root, '--include_lrd', '0', '--text_init', '1')
+    assert net.lrd is None and net.text_fusion is None
+    weight, before = net.entity_embeddings.weight.detach(), plain.entity_embeddings.weight.detach()
+    expected = text_item_embeddings(data.corpus.item_features, 8)
+    np.testing.assert_allclose(weight[1:N_ITEMS + 1].numpy(), expected, rtol=1e-6)
+    assert torch.equal(weight[0], before[0]) and torch.equal(weight[N_ITEMS + 1:], before[N_ITEMS + 1:])
+    for name, value in plain.state_dict().items():  # everything else as the random initialisation
+        if name != 'entity_embeddings.weight':
+            assert torch.equal(value, net.state_dict()[name]), name
+    losses, *_ = train_trajectory(backbone + '_LRD', tiny_root, '--include_lrd', '0', '--text_init', '1', epochs=1)
+    assert np.isfinite(losses[0])
+
+
 # --------------------------------------------------------------------------- --include_lrd 0 == backbone
 
 def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2):

@@ -42,6 +42,10 @@ class LRDReader(KDAReader):
                             help='1: after training, fuse evaluation scores with the max cosine between the '
                                  "history items' and the candidate's language features, weight chosen on dev (not "
                                  'in the paper; docs/lrd.md). Loads the features even with --include_lrd 0.')
+        parser.add_argument('--text_init', type=int, default=0,
+                            help="1: the item ID embeddings start as the language features' top principal "
+                                 'components, scaled to the init std (not in the paper; docs/lrd.md). Loads the '
+                                 'features even with --include_lrd 0.')
         parser.add_argument('--missing_text', type=str, default='error', choices=['error', 'empty'],
                             help='What to do with items that have no text: stop, or embed an empty string.')
         return KDAReader.parse_data_args(parser)
@@ -49,7 +53,7 @@ class LRDReader(KDAReader):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.item_features = None
-        if (args.include_lrd and args.lrd_feature == 'llm') or args.text_fusion:
+        if (args.include_lrd and args.lrd_feature == 'llm') or args.text_fusion or args.text_init:
             self.item_features = self._item_features(args)
             logging.info(f'Item text features from {args.plm_name}: {self.item_features.shape}')
 

@@ -55,10 +55,11 @@ import torch.nn.functional as F
 from models.BaseModel import batched
 from utils.sampling import sample_excluding
 from utils.text_fusion import TextFusion
+from utils.text_init import text_item_embeddings
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
-                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'text_fusion', 'lrd_feature',
-                'include_lrd', 'include_kge', 'plm_name']
+                'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'text_fusion', 'text_init',
+                'lrd_feature', 'include_lrd', 'include_kge', 'plm_name']
 
 
 class LatentRelationDiscovery(nn.Module):
@@ -267,7 +268,8 @@ class LRDModel:
     Adds K latent relation types to the backbone, attaches the module as ``self.lrd`` (None with
     ``--include_lrd 0``, which leaves exactly the backbone) and adds λ·L_lrd to the training loss. With
     ``--text_fusion 1`` evaluation scores are fused with the language features' history–candidate similarity,
-    with a weight fitted on dev after training (utils/text_fusion.py), with or without LRD.
+    with a weight fitted on dev after training (utils/text_fusion.py), with or without LRD. ``--text_init 1``
+    starts the item ID embeddings from the features (utils/text_init.py).
     """
     reader = 'LRDReader'
 
@@ -278,6 +280,10 @@ class LRDModel:
             raise ValueError('--text_fusion standardises scores over sampled candidates; it does not support '
                              '--test_all 1')
         self.text_fusion = TextFusion(corpus.item_features) if args.text_fusion else None
+        if args.text_init:
+            items = text_item_embeddings(corpus.item_features, self.emb_size)
+            with torch.no_grad():
+                self.entity_embeddings.weight[1:corpus.n_items] = torch.from_numpy(items)
 
     def extra_relation_num(self, args: argparse.Namespace) -> int:
         return args.latent_relation_num if args.include_lrd else 0
