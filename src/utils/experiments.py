@@ -640,29 +640,32 @@ def _finish(job: _Running, wall_s: float, timed_out: float | None = None) -> dic
 # --------------------------------------------------------------------------- selection
 
 VARIANT_DEFAULTS = {'include_lrd': 1, 'include_kge': 1, 'lrd_feature': 'llm'}
-# Reports name a model evaluated with --text_fusion 1 "<model>+TF": a model of its own, compared with its backbone.
-TEXT_FUSION_SUFFIX = '+TF'
+# Reports name a model that takes the texts another way by suffixes, in this order: a model of its own, compared
+# with its backbone (KDA_LRD --include_lrd 0 --text_init 1 --text_fusion 1 is "KDA+TI+TF").
+TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
 # Arguments that stop or resume a run without changing what it trains; reports pool seeds across them.
 RESOURCE_ARGS = ('time_budget', 'load', 'train')
 
 
-def label_text_fusion(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows run with ``--text_fusion 1`` renamed ``X+TF`` (``X_LRD+TF`` with LRD on).
+def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows run with ``--text_init 1`` or ``--text_fusion 1`` renamed ``X+TI``, ``X+TF``, ``X_LRD+TF``, ...
 
-    ``X_LRD --include_lrd 0 --text_fusion 1`` is the backbone plus the fusion, so it becomes ``X+TF`` and loses its
-    ``include_lrd`` value: it is not the "w/o LRD" ablation.
+    ``X_LRD --include_lrd 0`` with one of them is the backbone plus that option, so it becomes ``X+..`` and loses
+    its ``include_lrd`` value: it is not the "w/o LRD" ablation.
     """
-    if 'text_fusion' not in df.columns:
-        return df
-    fused = pd.to_numeric(df['text_fusion'], errors='coerce').fillna(0).astype(bool)
-    if not fused.any():
+    flags = {column: pd.to_numeric(df[column], errors='coerce').fillna(0).astype(bool)
+             for column, _ in TEXT_VARIANTS if column in df.columns}
+    if not flags or not any(flag.any() for flag in flags.values()):
         return df
     df = df.copy()
+    any_flag = np.logical_or.reduce(list(flags.values()))
     include_lrd = df['include_lrd'] if 'include_lrd' in df.columns else pd.Series(np.nan, index=df.index)
-    no_lrd = fused & df['model'].str.endswith('_LRD') & pd.to_numeric(include_lrd, errors='coerce').eq(0)
+    no_lrd = any_flag & df['model'].str.endswith('_LRD') & pd.to_numeric(include_lrd, errors='coerce').eq(0)
     df.loc[no_lrd, 'model'] = df.loc[no_lrd, 'model'].str[:-len('_LRD')]
     df.loc[no_lrd, 'include_lrd'] = np.nan
-    df.loc[fused, 'model'] = df.loc[fused, 'model'] + TEXT_FUSION_SUFFIX
+    for column, suffix in TEXT_VARIANTS:
+        if column in flags:
+            df.loc[flags[column], 'model'] = df.loc[flags[column], 'model'] + suffix
     return df
 
 
@@ -701,9 +704,10 @@ def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None, keep_va
     ``where``: ``['name=value', ...]``; a row is dropped when it has a value for ``name`` that differs (rows of
     models without that argument are kept). Unless ``keep_variants``, ablation variants (``include_lrd=0``,
     ``include_kge=0``, ``lrd_feature=id``) are dropped, so that "best config of KDA_LRD" means the full model.
-    Text-fusion runs are named by :func:`label_text_fusion` first (``models`` filters on those names).
+    Runs with ``--text_init``/``--text_fusion`` are named by :func:`label_text_variants` first (``models`` filters
+    on those names).
     """
-    out = label_text_fusion(df[df['status'] == 'ok'].copy())
+    out = label_text_variants(df[df['status'] == 'ok'].copy())
     conditions = dict(VARIANT_DEFAULTS) if not keep_variants else {}
     if isinstance(where, dict):
         conditions.update(where)

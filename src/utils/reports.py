@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.experiments import TEXT_FUSION_SUFFIX, short_config
+from utils.experiments import TEXT_VARIANTS, short_config
 
 PAPER_ORDER = ['Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD']
 DAGGER, DOUBLE_DAGGER = '†', '‡'
@@ -66,27 +66,40 @@ class Entry:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     dev: float = float('nan')                    # mean of the selection metric
-    baseline: str = ''                           # for X_LRD, X+TF, X_LRD+TF: the model X it is compared with
+    baseline: str = ''                           # for X_LRD, X+TF, X+TI, ...: the model X it is compared with
     improv: dict[str, float] = field(default_factory=dict)
     t: dict[str, float] = field(default_factory=dict)
     p: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
 
 
+def _parts(model: str) -> tuple[str, bool, tuple[bool, ...]]:
+    """``KDA_LRD+TF`` → ``('KDA', True, (False, True))``: backbone, LRD or not, which TEXT_VARIANTS."""
+    flags = []
+    for _, suffix in reversed(TEXT_VARIANTS):
+        flags.append(model.endswith(suffix))
+        model = model.removesuffix(suffix)
+    lrd = model.endswith('_LRD')
+    return model.removesuffix('_LRD'), lrd, tuple(reversed(flags))
+
+
 def backbone_of(model: str) -> str:
-    """The model an LRD or text-fusion variant is compared with: ``KDA`` for KDA_LRD, KDA+TF and KDA_LRD+TF."""
-    name = model.removesuffix(TEXT_FUSION_SUFFIX)
-    return name.removesuffix('_LRD')
+    """The model an LRD or text variant is compared with: ``KDA`` for KDA_LRD, KDA+TF, KDA_LRD+TI+TF."""
+    return _parts(model)[0]
 
 
 def model_order(models) -> list[str]:
-    """The paper's order, others alphabetically after; each backbone X followed by X_LRD, X+TF, X_LRD+TF."""
+    """The paper's order, others alphabetically after; each backbone X followed by X_LRD, then its text variants
+    (X+TF, X_LRD+TF, ...)."""
     models = list(dict.fromkeys(models))
     backbones = list(dict.fromkeys(backbone_of(m) for m in models))
     rank = {m: i for i, m in enumerate([b for b in PAPER_ORDER if b in backbones]
                                        + sorted(b for b in backbones if b not in PAPER_ORDER))}
-    variant = {'': 0, '_LRD': 1, TEXT_FUSION_SUFFIX: 2, '_LRD' + TEXT_FUSION_SUFFIX: 3}
-    return sorted(models, key=lambda m: (rank[backbone_of(m)], variant.get(m[len(backbone_of(m)):], 4), m))
+
+    def key(model: str):
+        backbone, lrd, flags = _parts(model)
+        return rank[backbone], any(flags), flags[0], lrd, flags[1:], model  # text_init groups, then LRD
+    return sorted(models, key=key)
 
 
 def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: str = 'dev_NDCG@5') -> list[Entry]:
@@ -156,7 +169,7 @@ def _best_means(entries: list[Entry], metrics: list[str]) -> dict[tuple[str, str
 def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
                     source: str = '', level: int = 1) -> str:
     """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
-    "Improv." row under each X_LRD (and X+TF, X_LRD+TF) with the relative improvement over X and the paired t-test
+    "Improv." row under each X_LRD (and X+TF, X+TI, ...) with the relative improvement over X and the paired t-test
     p-value.
     ``level`` is the heading level of the title (2 or more to nest the table in a page)."""
     best = _best_means(entries, metrics)
@@ -165,8 +178,8 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
            f'Source: `{source}`. Each model\'s configuration is the one with the best mean {by} over seeds; '
            'cells are mean ± std of the test metric over that configuration\'s seeds. '
            f'"Improv." is the relative improvement of X_LRD over X (also of X+TF, X\'s scores fused with the '
-           'text similarity by --text_fusion 1); p is a two-sided paired t-test over '
-           f'common seeds (scipy.stats.ttest_rel); {DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
+           'text similarity by --text_fusion 1, and X+TI, X started from the texts by --text_init 1); p is a '
+           f'two-sided paired t-test over common seeds (scipy.stats.ttest_rel); {DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
            'Bold: best mean per column.', '']
     for dataset in dict.fromkeys(e.dataset for e in entries):
         out += [f'{sub} {dataset}', '', '| Model | ' + ' | '.join(metrics) + ' | seeds |',
@@ -192,13 +205,9 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
 
 
 def _latex_model(name: str) -> str:
-    fused = name.endswith(TEXT_FUSION_SUFFIX)
-    name = name.removesuffix(TEXT_FUSION_SUFFIX)
-    if name.endswith('_LRD'):
-        name = name[:-4].replace('_', r'\_') + r'$_{\mathrm{LRD}}$'
-    else:
-        name = name.replace('_', r'\_')
-    return name + (TEXT_FUSION_SUFFIX if fused else '')
+    backbone, lrd, flags = _parts(name)
+    suffixes = ''.join(suffix for (_, suffix), on in zip(TEXT_VARIANTS, flags) if on)
+    return backbone.replace('_', r'\_') + (r'$_{\mathrm{LRD}}$' if lrd else '') + suffixes
 
 
 def render_latex(entries: list[Entry], metrics: list[str], digits: int = 4) -> str:
