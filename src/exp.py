@@ -88,7 +88,8 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              'evaluated from a checkpoint) count as one; a seed run twice keeps its latest run. '
                              "'' keeps every argument.")
     parser.add_argument('--models', type=str, default='',
-                        help='Comma-separated models to keep (default: all); --text_fusion/--text_init runs are named X+TF/X+TI.')
+                        help='Comma-separated models to keep (default: all); --text_fusion/--text_init runs are '
+                             'named X+TF/X+TI.')
     parser.add_argument('--datasets', type=str, default='', help='Comma-separated datasets to keep (default: all).')
     return parser
 

@@ -454,7 +454,8 @@ def test_report_pools_budgets_and_names_text_fusion(tmp_path):
     assert sorted(set(rows['model'])) == ['KDA', 'KDA+TF', 'KDA_LRD+TF']  # fusion without LRD is not an ablation
     assert reports.model_order(['KDA_LRD+TF', 'KDA+TI+TF', 'KDA+TF', 'KDA_LRD', 'SASRec', 'KDA', 'KDA+TI']) == [
         'SASRec', 'KDA', 'KDA_LRD', 'KDA+TF', 'KDA_LRD+TF', 'KDA+TI', 'KDA+TI+TF']
-    assert reports.backbone_of('KDA_LRD+TI+TF') == 'KDA' and reports._latex_model('KDA_LRD+TF') == r'KDA$_{\mathrm{LRD}}$+TF'
+    assert reports.backbone_of('KDA_LRD+TI+TF') == 'KDA'
+    assert reports._latex_model('KDA_LRD+TF') == r'KDA$_{\mathrm{LRD}}$+TF'
     both = ex.label_text_variants(pd.DataFrame({'model': ['KDA_LRD', 'KDA_LRD', 'KDA'], 'include_lrd': [0, 1, np.nan],
                                                 'text_init': [1, 1, np.nan], 'text_fusion': [1, 0, np.nan]}))
     assert list(both['model']) == ['KDA+TI+TF', 'KDA_LRD+TI', 'KDA']

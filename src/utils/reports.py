@@ -179,7 +179,8 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
            'cells are mean ± std of the test metric over that configuration\'s seeds. '
            f'"Improv." is the relative improvement of X_LRD over X (also of X+TF, X\'s scores fused with the '
            'text similarity by --text_fusion 1, and X+TI, X started from the texts by --text_init 1); p is a '
-           f'two-sided paired t-test over common seeds (scipy.stats.ttest_rel); {DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
+           'two-sided paired t-test over common seeds (scipy.stats.ttest_rel); '
+           f'{DAGGER} p ≤ 0.05, {DOUBLE_DAGGER} p ≤ 0.01. '
            'Bold: best mean per column.', '']
     for dataset in dict.fromkeys(e.dataset for e in entries):
         out += [f'{sub} {dataset}', '', '| Model | ' + ' | '.join(metrics) + ' | seeds |',
