@@ -31,7 +31,6 @@ import shlex
 import sys
 
 import numpy as np
-import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
@@ -94,13 +93,10 @@ def _round(values: dict) -> dict:
 
 def runs_with_checkpoints(csvs: list[str], model_name: str, dataset: str) -> list[tuple[str, int, list[str]]]:
     """(run id, seed, main.py argv) of every finished run in the CSVs whose checkpoint is still on disk."""
-    rows = pd.concat([ex.read_results(csv) for csv in csvs], ignore_index=True)
-    rows = rows[(rows['status'] == 'ok') & (rows['model'] == model_name) & (rows['dataset'] == dataset)]
-    runs = []
-    for run_id, seed, argv in zip(rows['run_id'], rows['seed'], rows['argv']):
-        argv = shlex.split(argv)
-        if os.path.exists(analyze._peek(argv, 'model_path') or ''):
-            runs.append((run_id, int(seed), argv))
+    rows, _ = ex.runs_with_checkpoints(ex.read_many(csvs), [model_name])
+    rows = rows[rows['dataset'] == dataset]
+    runs = [(run_id, int(seed), shlex.split(argv))
+            for run_id, seed, argv in zip(rows['run_id'], rows['seed'], rows['argv'])]
     if not runs:
         raise ValueError(f'{", ".join(csvs)}: no finished {model_name} run on {dataset} with its checkpoint on disk')
     return sorted(runs, key=lambda run: (run[1], run[0]))

@@ -142,12 +142,6 @@ def load_trained(main_argv: list[str], model_path: str | None = None, strict: bo
     return Trained(model, corpus, args, model_cls, list(main_argv))
 
 
-def _peek(argv: list[str], name: str) -> str | None:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument(f'--{name}', type=str, default=None)
-    return parser.parse_known_args(argv)[0].__dict__[name]
-
-
 def argv_from_csv(csv: str, model_name: str, dataset: str | None, by: str, seed: int | None,
                   where: list[str] | None = None, min_seeds: int = 1) -> list[str]:
     """main.py arguments (checkpoint included) of the best configuration of ``model_name`` in a results CSV."""
@@ -167,11 +161,11 @@ def argv_from_csv(csv: str, model_name: str, dataset: str | None, by: str, seed:
 
 
 def trained_from_cli(opts: argparse.Namespace, extra: list[str]) -> Trained:
-    model_name = _peek(extra, 'model_name')
+    model_name = ex.peek_arg(extra, 'model_name')
     if opts.csv:
         if not model_name:
             raise ValueError('with --csv, name the model: --model_name KDA_LRD')
-        argv = argv_from_csv(opts.csv, model_name, _peek(extra, 'dataset'), opts.by, opts.seed, opts.where,
+        argv = argv_from_csv(opts.csv, model_name, ex.peek_arg(extra, 'dataset'), opts.by, opts.seed, opts.where,
                              opts.min_seeds) + extra
     else:
         argv = extra

@@ -17,6 +17,7 @@ Used by ``src/exp.py`` (see ``docs/experiments.md``). The pieces:
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import io
@@ -291,6 +292,24 @@ def _spec(argv: list[str], seed: int) -> RunSpec:
                    error=error, run_name=run_name)
 
 
+def peek_arg(argv: list[str], name: str) -> str | None:
+    """The value ``argv`` gives ``--name`` (the last one, as argparse keeps), or None."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument(f'--{name}', type=str, default=None)
+    return getattr(parser.parse_known_args(argv)[0], name)
+
+
+def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+    """Finished runs (of ``models``) whose checkpoint, the ``--model_path`` of their arguments, is on disk; and the
+    run ids of the finished runs whose checkpoint is not."""
+    rows = df[df['status'] == 'ok']
+    if models:
+        rows = rows[rows['model'].isin(models)]
+    present = np.array([os.path.isfile(peek_arg(shlex.split(str(argv)), 'model_path') or '') for argv in rows['argv']],
+                       dtype=bool)
+    return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
+
+
 def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list[tuple[str, list[str]]] | None = None,
                      models: list[str] | None = None) -> tuple[list[RunSpec], list[str]]:
     """Runs that evaluate trained checkpoints again instead of training (e.g. with ``--text_fusion 1``).
@@ -299,16 +318,11 @@ def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list
     log and model paths exp.py gave it), then ``base``, then each grid point, then ``--load 1 --train 0
     --model_path <its checkpoint>``, with its seed. Returns the specs and the run ids whose checkpoint is missing.
     """
-    rows = df[df['status'] == 'ok']
-    if models:
-        rows = rows[rows['model'].isin(models)]
-    specs, missing, seen = [], [], set()
+    rows, missing = runs_with_checkpoints(df, models)
+    specs, seen = [], set()
     for _, row in rows.iterrows():
-        checkpoint = row.get('model_path')
-        if not isinstance(checkpoint, str) or not os.path.isfile(checkpoint):
-            missing.append(str(row['run_id']))
-            continue
-        own, tokens = [], shlex.split(str(row['argv']))
+        tokens = shlex.split(str(row['argv']))
+        checkpoint, own = peek_arg(tokens, 'model_path'), []
         i = 0
         while i < len(tokens):
             if tokens[i] in ('--log_file', '--model_path', '--random_seed'):
@@ -394,11 +408,9 @@ def result_row(spec: RunSpec, status: str, error: str = '', results: dict | None
             row[name] = value
     used = argv if argv is not None else spec.argv
     for name in ('log_file', 'model_path'):  # the paths the run actually used (exp.py sets them per run)
-        flag = f'--{name}'
-        if spec.args and flag in used:
-            last = len(used) - 1 - used[::-1].index(flag)
-            if last + 1 < len(used):
-                row[name] = used[last + 1]
+        value = peek_arg(used, name) if spec.args else None
+        if value is not None:
+            row[name] = value
     if results:
         row['best_epoch'] = results.get('best_epoch')
         row['epochs'] = results.get('epochs')
