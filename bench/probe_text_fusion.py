@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 import analyze  # noqa: E402
 from utils import experiments as ex  # noqa: E402
+from utils import results_csv as rc  # noqa: E402
 from utils.metrics import rank_of_truth, ranking_metrics  # noqa: E402
 from utils.reports import paired_ttest  # noqa: E402
 from utils.text_encoders import load_feature_file  # noqa: E402
@@ -93,7 +94,7 @@ def _round(values: dict) -> dict:
 
 def runs_with_checkpoints(csvs: list[str], model_name: str, dataset: str) -> list[tuple[str, int, list[str]]]:
     """(run id, seed, main.py argv) of every finished run in the CSVs whose checkpoint is still on disk."""
-    rows, _ = ex.runs_with_checkpoints(ex.read_many(csvs), [model_name])
+    rows, _ = ex.runs_with_checkpoints(rc.read_many(csvs), [model_name])
     rows = rows[rows['dataset'] == dataset]
     runs = [(run_id, int(seed), shlex.split(argv))
             for run_id, seed, argv in zip(rows['run_id'], rows['seed'], rows['argv'])]

@@ -27,6 +27,7 @@ import pandas as pd  # noqa: E402
 
 from utils import experiments as ex  # noqa: E402
 from utils import figures  # noqa: E402
+from utils import results_csv as rc  # noqa: E402
 from utils.reports import markdown_table  # noqa: E402
 from utils.runtime import REPO_DIR  # noqa: E402
 
@@ -145,8 +146,8 @@ def load_trained(main_argv: list[str], model_path: str | None = None, strict: bo
 def argv_from_csv(csv: str, model_name: str, dataset: str | None, by: str, seed: int | None,
                   where: list[str] | None = None, min_seeds: int = 1) -> list[str]:
     """main.py arguments (checkpoint included) of the best configuration of ``model_name`` in a results CSV."""
-    rows = ex.filter_rows(ex.read_results(csv), where, models=[model_name], datasets=[dataset] if dataset else None)
-    best = ex.select_best(rows, by, min_seeds)
+    rows = rc.filter_rows(rc.read_results(csv), where, models=[model_name], datasets=[dataset] if dataset else None)
+    best = rc.select_best(rows, by, min_seeds)
     if best.empty:
         raise ValueError(f'no finished {model_name} runs in {csv}' + (f' on {dataset}' if dataset else ''))
     if len(best) > 1:
@@ -234,9 +235,9 @@ def variant_of(row: pd.Series) -> str | None:
     """'full', 'w/o LRD', 'w/o KGE', 'w/o LLM', or None for rows with several ablations (or other values)."""
     found = []
     for column, (value, label) in ABLATIONS.items():
-        if column not in row.index or ex._matches(row[column], ex.VARIANT_DEFAULTS[column]):
+        if column not in row.index or rc._matches(row[column], rc.VARIANT_DEFAULTS[column]):
             continue  # default, or a model without this argument
-        if not ex._matches(row[column], value):
+        if not rc._matches(row[column], value):
             return None
         found.append(label)
     if len(found) > 1:
@@ -252,7 +253,7 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
     "w/o LRD" comes from the LRD model's ``--include_lrd 0`` runs, or, when there are none, from runs of its
     backbone (KDA for KDA_LRD).
     """
-    rows = ex.filter_rows(df, where, keep_variants=True)
+    rows = rc.filter_rows(df, where, keep_variants=True)
     rows = rows.assign(variant=[variant_of(r) for _, r in rows.iterrows()])
     lrd_models = models or sorted(m for m in rows['model'].unique() if m.endswith('_LRD'))
     if not lrd_models:
@@ -268,14 +269,14 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
                 parts['w/o LRD'] = rows[(rows['model'] == model[:-4]) & (rows['dataset'] == dataset)
                                         & (rows['variant'] == 'full')]
             for variant, part in parts.items():
-                best = ex.select_best(part, by, min_seeds) if not part.empty else part
+                best = rc.select_best(part, by, min_seeds) if not part.empty else part
                 if best.empty:
                     continue
                 summary = best.iloc[0]
                 record = {'model': model, 'dataset': dataset, 'group': f'{model} / {dataset}',
                           'variant': model if variant == 'full' else variant, 'source_model': sources[variant],
                           'n_seeds': int(summary['n_seeds']), 'seeds': summary['seeds'],
-                          f'{by}_mean': summary[f'{by}_mean'], 'config': ex.short_config(summary['config'])}
+                          f'{by}_mean': summary[f'{by}_mean'], 'config': rc.short_config(summary['config'])}
                 for m in metrics:
                     record[f'{m}_mean'] = summary[f'{split}_{m}_mean']
                     record[f'{m}_std'] = summary[f'{split}_{m}_std']
@@ -285,7 +286,7 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
 
 def cmd_ablation(opts: argparse.Namespace) -> dict:
     metrics = [m.strip() for m in opts.metrics.split(',') if m.strip()]
-    summary = ablation_summary(ex.read_many(opts.csv), opts.by, metrics, opts.split,
+    summary = ablation_summary(rc.read_many(opts.csv), opts.by, metrics, opts.split,
                                [m for m in opts.models.split(',') if m] or None, opts.where, opts.min_seeds)
     if summary.empty:
         raise ValueError(f'no finished runs of the variants in {_sources(opts)} (min_seeds={opts.min_seeds})')
@@ -637,7 +638,7 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
                        where: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cells, curves)``: per (model, dataset, K, λ) the configuration with the best mean ``by`` and its mean
     ``metric``; then the metric vs K averaged over λ and vs λ averaged over K (the paper's Fig. 6)."""
-    rows = ex.filter_rows(df, where)
+    rows = rc.filter_rows(df, where)
     for column in ('latent_relation_num', 'lamda', metric):
         if column not in rows.columns:
             raise ValueError(f'no column {column!r} in the results (needs runs of *_LRD models)')
@@ -648,10 +649,10 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
         raise ValueError('no finished runs with latent_relation_num and lamda')
     records = []
     for (model, dataset, k, lam), part in rows.groupby(['model', 'dataset', 'latent_relation_num', 'lamda']):
-        best = ex.select_best(part, by).iloc[0]
+        best = rc.select_best(part, by).iloc[0]
         records.append({'model': model, 'dataset': dataset, 'latent_relation_num': int(k), 'lamda': float(lam),
                         'n_seeds': int(best['n_seeds']), 'mean': best[f'{metric}_mean'], 'std': best[f'{metric}_std'],
-                        'config': ex.short_config(best['config'])})
+                        'config': rc.short_config(best['config'])})
     cells = pd.DataFrame(records)
     several = cells['dataset'].nunique() > 1
     cells['group'] = [f'{m} / {d}' if several else m for m, d in zip(cells['model'], cells['dataset'])]
@@ -667,7 +668,7 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
 def cmd_sensitivity(opts: argparse.Namespace) -> dict:
     if not opts.metric.startswith(('dev_', 'test_')):
         raise ValueError(f'--metric {opts.metric}: use a dev_ or test_ metric column, e.g. test_NDCG@5')
-    cells, curves = sensitivity_tables(ex.read_many(opts.csv), opts.metric, opts.by,
+    cells, curves = sensitivity_tables(rc.read_many(opts.csv), opts.metric, opts.by,
                                        [m for m in opts.models.split(',') if m] or None, opts.where)
     stem = _stem(opts, 'sensitivity')
     curves.to_csv(stem + '.csv', index=False)

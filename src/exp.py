@@ -23,6 +23,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import experiments as ex  # noqa: E402
+from utils import results_csv as rc  # noqa: E402
 
 SUBCOMMANDS = ('run', 'select', 'report', 'table3', 'arg-docs')
 
@@ -83,7 +84,7 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--keep_variants', type=int, default=0,
                         help='Also consider ablation variants (include_lrd=0, include_kge=0, lrd_feature=id); '
                              'by default they are excluded.')
-    parser.add_argument('--pool', type=str, default=','.join(ex.RESOURCE_ARGS),
+    parser.add_argument('--pool', type=str, default=','.join(rc.RESOURCE_ARGS),
                         help='Arguments left out of a configuration, so that seeds run with different budgets (or '
                              'evaluated from a checkpoint) count as one; a seed run twice keeps its latest run. '
                              "'' keeps every argument.")
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print('error: --checkpoints evaluates runs with their own arguments; change them with --base or --grid, '
                   'not --commands', file=sys.stderr)
             return 2
-        specs, missing = ex.checkpoint_specs(ex.read_results(args.checkpoints), base=shlex.split(args.base),
+        specs, missing = ex.checkpoint_specs(rc.read_results(args.checkpoints), base=shlex.split(args.base),
                                              grid=ex.parse_grid(args.grid),
                                              models=[m for m in args.checkpoint_models.split(',') if m] or None)
         if missing:
@@ -172,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         done = set()
         if os.path.exists(args.out):
-            df = ex.read_results(args.out)
+            df = rc.read_results(args.out)
             done = set(df.loc[df['status'] == 'ok', 'run_id'])
         for spec in specs:
             state = 'done' if spec.run_id in done else ('invalid: ' + spec.error if spec.error else 'to run')
@@ -192,12 +193,12 @@ def _sources(args: argparse.Namespace) -> str:
 
 
 def _selection(args: argparse.Namespace):
-    df = ex.read_many(args.csv)
-    rows = ex.filter_rows(df, args.where, bool(args.keep_variants),
+    df = rc.read_many(args.csv)
+    rows = rc.filter_rows(df, args.where, bool(args.keep_variants),
                           models=[m for m in args.models.split(',') if m] or None,
                           datasets=[d for d in args.datasets.split(',') if d] or None)
-    rows = ex.pool_configs(rows, [a for a in args.pool.split(',') if a])
-    return rows, ex.select_best(rows, args.by, args.min_seeds)
+    rows = rc.pool_configs(rows, [a for a in args.pool.split(',') if a])
+    return rows, rc.select_best(rows, args.by, args.min_seeds)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -211,7 +212,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         columns='_rank').reset_index(drop=True)
     columns = ['model', 'dataset', 'n_seeds', f'{args.by}_mean', f'{args.by}_std', 'config']
     table = best[columns].copy()
-    table['config'] = [ex.short_config(c) for c in table['config']]
+    table['config'] = [rc.short_config(c) for c in table['config']]
     print(markdown_table(table, floatfmt='.4f'))
     if args.out:
         best.to_csv(args.out, index=False)
@@ -220,7 +221,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         with open(args.commands_out, 'w') as f:
             f.write(f'# best configurations of {_sources(args)} by mean {args.by} over seeds\n')
             for config in best['config']:
-                f.write('python src/main.py ' + shlex.join(ex.config_args(config)) + '\n')
+                f.write('python src/main.py ' + shlex.join(rc.config_args(config)) + '\n')
         print(f'Command file written to {args.commands_out}')
     return 0
 

@@ -19,6 +19,7 @@ import main  # noqa: E402
 from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import corpus_cache  # noqa: E402
 from utils import experiments as ex  # noqa: E402
+from utils import results_csv as rc  # noqa: E402
 from utils.metrics import ranking_metrics  # noqa: E402
 
 LABELS = ['0 virtual', '1 complement', '2 substitute', '3 category', '4 brand', '5 latent 1', '6 latent 2', '7 latent 3']
@@ -88,7 +89,7 @@ def test_model_from_results_csv(trained, tmp_path):
     i = argv.index('--model_path')
     spec, = ex.build_specs([argv[:i] + argv[i + 2:]])
     row = ex.result_row(spec, 'ok', results=trained['lrd_results'], argv=spec.argv + argv[i:i + 2])
-    ex.write_results(tmp_path / 'results.csv', [row])
+    rc.write_results(tmp_path / 'results.csv', [row])
     out = analyze.run(['heatmap', '--csv', str(tmp_path / 'results.csv'), '--model_name', 'KDA_LRD',
                        '--out_dir', str(tmp_path), '--name', 'from_csv'])
     assert Path(out['png']).name == 'from_csv.png'
@@ -214,7 +215,7 @@ def test_ablation(tmp_path):
                  _row('KDA_LRD', ['--include_kge', '0'], seed, 0.25, 0.31),
                  _row('KDA_LRD', ['--include_kge', '0', '--lrd_feature', 'id'], seed, 0.9, 0.9),  # two ablations
                  _row('KDA', [], seed, 0.22, 0.30)]
-    ex.write_results(tmp_path / 'ablation.csv', rows)
+    rc.write_results(tmp_path / 'ablation.csv', rows)
     out = analyze.run(['ablation', '--csv', str(tmp_path / 'ablation.csv'), '--out_dir', str(tmp_path)])
     for kind in ('png', 'csv', 'md'):
         assert Path(out[kind]).is_file()
@@ -229,14 +230,14 @@ def test_ablation(tmp_path):
     assert (summary['n_seeds'] == 3).all()
     # with --include_lrd 0 runs, those are "w/o LRD"
     rows += [_row('KDA_LRD', ['--include_lrd', '0'], seed, 0.2, 0.29) for seed in (0, 1)]
-    ex.write_results(tmp_path / 'ablation.csv', rows)
+    rc.write_results(tmp_path / 'ablation.csv', rows)
     out = analyze.run(['ablation', '--csv', str(tmp_path / 'ablation.csv'), '--out_dir', str(tmp_path)])
     summary = pd.read_csv(out['csv']).set_index('variant')
     assert summary.loc['w/o LRD', 'source_model'] == 'KDA_LRD' and summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29)
     # text fusion without LRD (KDA+TF), in a second CSV, is not the w/o-LRD variant, however good on dev
-    ex.write_results(tmp_path / 'fused.csv', [_row('KDA_LRD', ['--include_lrd', '0', '--text_fusion', '1'], seed, 0.8,
+    rc.write_results(tmp_path / 'fused.csv', [_row('KDA_LRD', ['--include_lrd', '0', '--text_fusion', '1'], seed, 0.8,
                                                    0.8) for seed in (0, 1, 2)])
-    ex.write_results(tmp_path / 'runs.csv', rows)  # ablation.csv is now the output of the call above
+    rc.write_results(tmp_path / 'runs.csv', rows)  # ablation.csv is now the output of the call above
     out = analyze.run(['ablation', '--csv', str(tmp_path / 'runs.csv'), str(tmp_path / 'fused.csv'),
                        '--out_dir', str(tmp_path)])
     summary = pd.read_csv(out['csv']).set_index('variant')
@@ -252,7 +253,7 @@ def test_sensitivity(tmp_path):
             rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', str(lam), '--lr', '1e-4'],
                              seed, 0.1, 0.9))  # worse on dev within the cell
     rows.append(_row('KDA', [], 0, 0.5, 0.5))  # no K or λ: ignored
-    ex.write_results(tmp_path / 'grid.csv', rows)
+    rc.write_results(tmp_path / 'grid.csv', rows)
     out = analyze.run(['sensitivity', '--csv', str(tmp_path / 'grid.csv'), '--out_dir', str(tmp_path)])
     for kind in ('png', 'csv', 'md'):
         assert Path(out[kind]).is_file()

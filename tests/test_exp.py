@@ -21,6 +21,7 @@ import exp  # noqa: E402
 from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import arg_docs, corpus_cache, reports  # noqa: E402
 from utils import experiments as ex  # noqa: E402
+from utils import results_csv as rc  # noqa: E402
 
 METRICS = [f'{m}@{k}' for k in (5, 10, 20, 50) for m in ('HR', 'NDCG')]
 
@@ -117,7 +118,7 @@ def test_specs_normalise_keys_seeds_and_precedence():
     assert len({s.config_key for s in specs}) == 4  # seeds share a config
     assert all(s.run_name.startswith(f'KDA_LRD__Office__{s.seed}__') for s in specs)
     # the stored config reruns as the same key
-    again = ex.build_specs([ex.config_args(kge[0].config_key)], n_seeds=1, seed0=kge[0].seed)
+    again = ex.build_specs([rc.config_args(kge[0].config_key)], n_seeds=1, seed0=kge[0].seed)
     assert again[0].run_id == kge[0].run_id
 
 
@@ -179,11 +180,11 @@ def test_csv_schema_one_row_per_run(tmp_path, fake_child, monkeypatch):
     counts = run_quiet(specs, out, child, tmp_path, jobs=2, gpus=['3', '5'])
     assert counts == {'ok': 4, 'failed': 0, 'skipped': 0}
     df = pd.read_csv(out)
-    assert list(df.columns[:len(ex.FIXED_COLUMNS)]) == ex.FIXED_COLUMNS
+    assert list(df.columns[:len(rc.FIXED_COLUMNS)]) == rc.FIXED_COLUMNS
     metric_columns = [f'{split}_{m}' for split in ('dev', 'test') for m in
                       ['HR@5', 'NDCG@5', 'HR@10', 'NDCG@10', 'HR@20', 'NDCG@20', 'HR@50', 'NDCG@50']]
-    assert list(df.columns[len(ex.FIXED_COLUMNS):len(ex.FIXED_COLUMNS) + 16]) == metric_columns
-    args = list(df.columns[len(ex.FIXED_COLUMNS) + 16:])
+    assert list(df.columns[len(rc.FIXED_COLUMNS):len(rc.FIXED_COLUMNS) + 16]) == metric_columns
+    args = list(df.columns[len(rc.FIXED_COLUMNS) + 16:])
     assert args == sorted(args)
     for name in ('lr', 'l2', 'lamda', 'latent_relation_num', 'include_kge', 'lrd_feature', 'emb_size', 'history_max'):
         assert name in args
@@ -319,13 +320,13 @@ def test_checkpoints_are_evaluated_again_with_text_fusion(tmp_path, tiny_outside
     base = (f"--model_name KDA --dataset {name} --path {data} --epoch 1 --gpu '' --batch_size 64 --emb_size 8 "
             '--num_heads 2 --num_layers 1 --topk 5,10')
     assert exp.main(['run', '--base', base, '--n_seeds', '2', '--out', str(trained)] + paths) == 0
-    kda = ex.read_results(trained)
+    kda = rc.read_results(trained)
     before = {p: Path(p).read_bytes() for p in kda['model_path']}
     fused = tmp_path / 'tf.csv'
     argv = ['run', '--checkpoints', str(trained), '--base', '--model_name KDA_LRD --include_lrd 0 --text_fusion 1 '
             '--plm_name feat:tiny', '--out', str(fused)] + paths
     assert exp.main(argv) == 0
-    tf = ex.read_results(fused)
+    tf = rc.read_results(fused)
     assert list(tf['model']) == ['KDA_LRD', 'KDA_LRD'] and sorted(tf['seed']) == [0, 1]
     assert (tf['text_fusion'] == 1).all() and (tf['train'] == 0).all() and (tf['epochs'] == 0).all()
     assert sorted(tf['model_path']) == sorted(before)  # loaded from the trained checkpoints ...
@@ -372,24 +373,24 @@ def synthetic_results(path: Path) -> pd.DataFrame:
     spec = ex.RunSpec(['--model_name', 'KDA', '--lr', '0.1'], 5, 'KDA', 'Office',
                       {'model_name': 'KDA', 'dataset': 'Office', 'lr': 0.1}, {}, 'boom', '')
     rows.append(ex.result_row(spec, 'failed', error='boom'))
-    ex.write_results(path, rows)
-    return ex.read_results(path)
+    rc.write_results(path, rows)
+    return rc.read_results(path)
 
 
 def test_select_uses_mean_dev_metric_never_test(tmp_path, capsys):
     df = synthetic_results(tmp_path / 'r.csv')
-    best = ex.select_best(ex.filter_rows(df), 'dev_NDCG@5')
+    best = rc.select_best(rc.filter_rows(df), 'dev_NDCG@5')
     assert sorted(best['model']) == ['KDA', 'KDA_LRD', 'SASRec']
     assert all(json.loads(c)['model_name'] in ('KDA', 'KDA_LRD', 'SASRec') and 'lr' not in json.loads(c)
                for c in best['config'])  # lr 1e-3 (default) wins on dev although 1e-4 wins on test
     row = best[best['model'] == 'KDA'].iloc[0]
     assert row['n_seeds'] == 3 and row['dev_NDCG@5_mean'] == pytest.approx(0.32 + 0.001)
     with pytest.raises(ValueError, match='dev metric'):
-        ex.select_best(df, 'test_NDCG@5')
+        rc.select_best(df, 'test_NDCG@5')
     # variants are excluded unless asked for
-    with_variants = ex.select_best(ex.filter_rows(df, keep_variants=True), 'dev_NDCG@5')
+    with_variants = rc.select_best(rc.filter_rows(df, keep_variants=True), 'dev_NDCG@5')
     assert json.loads(with_variants[with_variants['model'] == 'KDA_LRD']['config'].iloc[0])['include_kge'] == 0
-    assert ex.select_best(ex.filter_rows(df), 'dev_NDCG@5', min_seeds=4).empty
+    assert rc.select_best(rc.filter_rows(df), 'dev_NDCG@5', min_seeds=4).empty
     assert exp.main(['select', '--csv', str(tmp_path / 'r.csv'), '--commands_out', str(tmp_path / 'best.sh')]) == 0
     lines = ex.read_command_file(tmp_path / 'best.sh')
     assert [line[1] for line in lines] == ['SASRec', 'KDA', 'KDA_LRD']  # the paper's order
@@ -443,20 +444,20 @@ def fusion_results(tmp_path: Path) -> list[Path]:
               row(['--model_name', 'KDA_LRD', '--dataset', 'Office', '--text_fusion', '1'], 0, 0.36,
                   '2026-01-02 12:00:00')]
     paths = [tmp_path / 'a.csv', tmp_path / 'b.csv']
-    ex.write_results(paths[0], first)
-    ex.write_results(paths[1], second)
+    rc.write_results(paths[0], first)
+    rc.write_results(paths[1], second)
     return paths
 
 
 def test_report_pools_budgets_and_names_text_fusion(tmp_path):
     paths = fusion_results(tmp_path)
-    rows = ex.filter_rows(ex.read_many(paths))
+    rows = rc.filter_rows(rc.read_many(paths))
     assert sorted(set(rows['model'])) == ['KDA', 'KDA+TF', 'KDA_LRD+TF']  # fusion without LRD is not an ablation
     assert reports.model_order(['KDA_LRD+TF', 'KDA+TI+TF', 'KDA+TF', 'KDA_LRD', 'SASRec', 'KDA', 'KDA+TI']) == [
         'SASRec', 'KDA', 'KDA_LRD', 'KDA+TF', 'KDA_LRD+TF', 'KDA+TI', 'KDA+TI+TF']
     assert reports.backbone_of('KDA_LRD+TI+TF') == 'KDA'
     assert reports._latex_model('KDA_LRD+TF') == r'KDA$_{\mathrm{LRD}}$+TF'
-    both = ex.label_text_variants(pd.DataFrame({'model': ['KDA_LRD', 'KDA_LRD', 'KDA'], 'include_lrd': [0, 1, np.nan],
+    both = rc.label_text_variants(pd.DataFrame({'model': ['KDA_LRD', 'KDA_LRD', 'KDA'], 'include_lrd': [0, 1, np.nan],
                                                 'text_init': [1, 1, np.nan], 'text_fusion': [1, 0, np.nan]}))
     assert list(both['model']) == ['KDA+TI+TF', 'KDA_LRD+TI', 'KDA']
     md = tmp_path / 't.md'

@@ -13,7 +13,9 @@ Used by ``src/exp.py`` (see ``docs/experiments.md``). The pieces:
 - :func:`run_specs`: runs what the CSV does not already hold with status ``ok``, sequentially or
   ``jobs`` at a time, each as a child process (:data:`CHILD_CODE` → :func:`child_main`, which calls
   ``main.main(argv)`` and writes its returned dict as JSON), so a crash only fails that run.
-- :func:`select_best`: best configuration per (model, dataset) by the mean **dev** metric over seeds.
+- :func:`checkpoint_specs`: finished runs evaluated again from their checkpoints (``exp.py run --checkpoints``).
+
+The CSV itself (columns, reading, selection) lives in :mod:`utils.results_csv`.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils.results_csv import read_results, write_results
 from utils.runtime import REPO_DIR, SRC_DIR
 
 # Arguments that never change a run's numbers: left out of the run key (they still get CSV columns).
@@ -47,9 +50,6 @@ IGNORED_IN_KEY = frozenset({
     'test_epoch', 'random_seed', 'ddp_backend', 'ddp_timeout'})
 # Always part of the key, even at their default value.
 ALWAYS_IN_KEY = ('model_name', 'dataset')
-# Leading CSV columns; then dev_/test_ metric columns; then one column per model argument.
-FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'epochs', 'stop_reason',
-                 'wall_s', 'finished_at', 'config', 'argv']
 # Argument columns that duplicate a fixed column.
 RENAMED_ARGS = {'model_name': 'model', 'dataset': 'dataset', 'random_seed': 'seed'}
 ERROR_LINES = 15
@@ -339,61 +339,7 @@ def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list
     return specs, missing
 
 
-# --------------------------------------------------------------------------- the results CSV
-
-def metric_sort_key(column: str) -> tuple:
-    """``dev_HR@5`` < ``dev_NDCG@5`` < ``dev_HR@10`` ... < ``test_HR@5`` ..."""
-    split, _, metric = column.partition('_')
-    name, _, k = metric.partition('@')
-    return ({'dev': 0, 'test': 1}.get(split, 2), int(k) if k.isdigit() else 0, name)
-
-
-def is_metric_column(column: str) -> bool:
-    return bool(re.fullmatch(r'(dev|test)_[A-Za-z]+@\d+', column))
-
-
-def order_columns(columns) -> list[str]:
-    """Fixed columns, then metric columns, then argument columns in alphabetical order."""
-    columns = list(dict.fromkeys(columns))
-    metrics = sorted((c for c in columns if is_metric_column(c)), key=metric_sort_key)
-    rest = sorted(c for c in columns if c not in FIXED_COLUMNS and not is_metric_column(c))
-    return FIXED_COLUMNS + metrics + rest
-
-
-def read_results(path: str | os.PathLike) -> pd.DataFrame:
-    """The results CSV as a DataFrame (empty, with the fixed columns, if the file does not exist)."""
-    if not os.path.exists(path) or os.path.getsize(path) == 0:
-        return pd.DataFrame(columns=FIXED_COLUMNS)
-    text_columns = ('run_id', 'status', 'error', 'stop_reason', 'config', 'argv', 'model', 'dataset', 'sep')
-    df = pd.read_csv(path, keep_default_na=False, na_values=[''], dtype=dict.fromkeys(text_columns, str))
-    missing = [c for c in ('run_id', 'status', 'model', 'dataset', 'seed') if c not in df.columns]
-    if missing:
-        raise ValueError(f'{path} is not a results CSV of exp.py: missing columns {missing}')
-    return df
-
-
-def read_many(paths: list[str | os.PathLike]) -> pd.DataFrame:
-    """Several results CSVs as one table (runs of several sessions); a run id seen twice keeps its last row."""
-    frames = [read_results(p) for p in paths]
-    frames = [f for f in frames if not f.empty]
-    if not frames:
-        return pd.DataFrame(columns=FIXED_COLUMNS)
-    df = pd.concat(frames, ignore_index=True)
-    return df.drop_duplicates('run_id', keep='last').reset_index(drop=True)
-
-
-def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Rewrite the whole CSV atomically (temp file + rename), columns in :func:`order_columns` order."""
-    columns = order_columns([c for row in rows for c in row] or FIXED_COLUMNS)
-    df = pd.DataFrame(rows, columns=columns)
-    for column in ('seed', 'best_epoch', 'epochs'):  # integers, also when some rows have none (failed runs)
-        df[column] = pd.to_numeric(df[column], errors='coerce').round().astype('Int64')
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
-
+# --------------------------------------------------------------------------- one CSV row
 
 def result_row(spec: RunSpec, status: str, error: str = '', results: dict | None = None,
                wall_s: float = float('nan'), argv: list[str] | None = None) -> dict:
@@ -647,147 +593,3 @@ def _finish(job: _Running, wall_s: float, timed_out: float | None = None) -> dic
     tail = tail_text(stderr)
     return result_row(job.spec, 'failed', error=(tail or problem) if code != 0 else problem + '\n' + tail,
                       wall_s=wall_s, argv=job.argv)
-
-
-# --------------------------------------------------------------------------- selection
-
-VARIANT_DEFAULTS = {'include_lrd': 1, 'include_kge': 1, 'lrd_feature': 'llm'}
-# Reports name a model that takes the texts another way by suffixes, in this order: a model of its own, compared
-# with its backbone (KDA_LRD --include_lrd 0 --text_init 1 --text_fusion 1 is "KDA+TI+TF").
-TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
-# Arguments that stop or resume a run without changing what it trains; reports pool seeds across them.
-RESOURCE_ARGS = ('time_budget', 'load', 'train')
-
-
-def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
-    """Rows run with ``--text_init 1`` or ``--text_fusion 1`` renamed ``X+TI``, ``X+TF``, ``X_LRD+TF``, ...
-
-    ``X_LRD --include_lrd 0`` with one of them is the backbone plus that option, so it becomes ``X+..`` and loses
-    its ``include_lrd`` value: it is not the "w/o LRD" ablation.
-    """
-    flags = {column: pd.to_numeric(df[column], errors='coerce').fillna(0).astype(bool)
-             for column, _ in TEXT_VARIANTS if column in df.columns}
-    if not flags or not any(flag.any() for flag in flags.values()):
-        return df
-    df = df.copy()
-    any_flag = np.logical_or.reduce(list(flags.values()))
-    include_lrd = df['include_lrd'] if 'include_lrd' in df.columns else pd.Series(np.nan, index=df.index)
-    no_lrd = any_flag & df['model'].str.endswith('_LRD') & pd.to_numeric(include_lrd, errors='coerce').eq(0)
-    df.loc[no_lrd, 'model'] = df.loc[no_lrd, 'model'].str[:-len('_LRD')]
-    df.loc[no_lrd, 'include_lrd'] = np.nan
-    for column, suffix in TEXT_VARIANTS:
-        if column in flags:
-            df.loc[flags[column], 'model'] = df.loc[flags[column], 'model'] + suffix
-    return df
-
-
-def pool_configs(df: pd.DataFrame, ignore=RESOURCE_ARGS) -> pd.DataFrame:
-    """Configs with the ``ignore`` arguments removed, so that seeds run with different budgets count as one
-    configuration; a seed run more than once under the pooled config keeps its latest finished run."""
-    if df.empty or not ignore:
-        return df
-
-    def pooled(key: str) -> str:
-        try:
-            config = json.loads(key)
-        except (TypeError, json.JSONDecodeError):
-            return key
-        return json.dumps({k: v for k, v in config.items() if k not in ignore}, sort_keys=True)
-
-    df = df.assign(config=[pooled(c) for c in df['config']])
-    df = df.sort_values('finished_at', kind='stable', na_position='first')
-    return df.drop_duplicates(['model', 'dataset', 'config', 'seed'], keep='last').sort_index()
-
-
-def _matches(value, wanted) -> bool:
-    """CSV cell vs a ``--where`` value: numbers compare numerically, the rest as strings."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return True  # a model without this argument is not filtered out
-    try:
-        return float(value) == float(wanted)
-    except (TypeError, ValueError):
-        return str(value) == str(wanted)
-
-
-def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None, keep_variants: bool = False,
-                models: list[str] | None = None, datasets: list[str] | None = None) -> pd.DataFrame:
-    """Status-ok rows, filtered.
-
-    ``where``: ``['name=value', ...]``; a row is dropped when it has a value for ``name`` that differs (rows of
-    models without that argument are kept). Unless ``keep_variants``, ablation variants (``include_lrd=0``,
-    ``include_kge=0``, ``lrd_feature=id``) are dropped, so that "best config of KDA_LRD" means the full model.
-    Runs with ``--text_init``/``--text_fusion`` are named by :func:`label_text_variants` first (``models`` filters
-    on those names).
-    """
-    out = label_text_variants(df[df['status'] == 'ok'].copy())
-    conditions = dict(VARIANT_DEFAULTS) if not keep_variants else {}
-    if isinstance(where, dict):
-        conditions.update(where)
-    else:
-        for item in where or []:
-            if '=' not in item:
-                raise ValueError(f'--where {item!r}: expected name=value')
-            name, value = item.split('=', 1)
-            conditions[name.lstrip('-')] = value
-    for name, value in conditions.items():
-        if name in out.columns:
-            out = out[[_matches(v, value) for v in out[name]]]
-        elif name not in VARIANT_DEFAULTS:
-            raise ValueError(f'--where {name}={value}: no column {name!r} in the results')
-    if models:
-        out = out[out['model'].isin(models)]
-    if datasets:
-        out = out[out['dataset'].isin(datasets)]
-    return out
-
-
-def config_summary(df: pd.DataFrame, by: str, min_seeds: int = 1) -> pd.DataFrame:
-    """One row per (model, dataset, config): seeds, mean and std of ``by`` and of every metric."""
-    if by not in df.columns:
-        raise ValueError(f'no column {by!r} in the results; metric columns: '
-                         f'{[c for c in df.columns if is_metric_column(c)]}')
-    metrics = sorted((c for c in df.columns if is_metric_column(c)), key=metric_sort_key)
-    records = []
-    for (model, dataset, config), group in df.groupby(['model', 'dataset', 'config'], sort=False):
-        record = {'model': model, 'dataset': dataset, 'config': config, 'n_seeds': group['seed'].nunique(),
-                  'seeds': ','.join(str(int(s)) for s in sorted(group['seed']))}
-        for metric in metrics:
-            values = group[metric].astype(float)
-            record[f'{metric}_mean'] = values.mean()
-            record[f'{metric}_std'] = values.std(ddof=1) if len(values) > 1 else 0.0
-        records.append(record)
-    summary = pd.DataFrame(records)
-    if summary.empty:
-        return summary
-    return summary[summary['n_seeds'] >= min_seeds].reset_index(drop=True)
-
-
-def select_best(df: pd.DataFrame, by: str = 'dev_NDCG@5', min_seeds: int = 1) -> pd.DataFrame:
-    """Best configuration per (model, dataset) by the mean of a **dev** metric over seeds (ties: more seeds)."""
-    if not by.startswith('dev_'):
-        raise ValueError(f'--by {by}: select on a dev metric (dev_NDCG@5, ...); test metrics are for reporting only')
-    summary = config_summary(df, by, min_seeds)
-    if summary.empty:
-        return summary
-    summary = summary.sort_values([f'{by}_mean', 'n_seeds'], ascending=[False, False], kind='stable')
-    return summary.groupby(['model', 'dataset'], sort=False).head(1).reset_index(drop=True)
-
-
-def config_args(config_key: str) -> list[str]:
-    """A stored config (JSON) as main.py arguments, to rerun it (e.g. with more seeds)."""
-    config = json.loads(config_key)
-    tokens = []
-    for name, value in config.items():
-        if name in ('model_name', 'dataset'):
-            continue
-        tokens += [f'--{name}', repr(value) if isinstance(value, float) else str(value)]
-    return ['--model_name', str(config['model_name']), '--dataset', str(config.get('dataset', ''))] + tokens
-
-
-def short_config(config_key: str, drop=('model_name', 'dataset')) -> str:
-    """``lr=0.001 lamda=5.0`` rendering of a stored config."""
-    try:
-        config = json.loads(config_key)
-    except (TypeError, json.JSONDecodeError):
-        return str(config_key)
-    return ' '.join(f'{k}={v}' for k, v in config.items() if k not in drop) or '(defaults)'

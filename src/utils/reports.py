@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.experiments import TEXT_VARIANTS, short_config
+from utils.results_csv import TEXT_VARIANTS, short_config
 
 PAPER_ORDER = ['Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD']
 DAGGER, DOUBLE_DAGGER = '†', '‡'

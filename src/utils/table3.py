@@ -16,6 +16,7 @@ from pathlib import Path
 
 from utils import experiments as ex
 from utils import reports
+from utils import results_csv as rc
 
 PAPER_MODELS = ('Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD')
 
@@ -78,10 +79,10 @@ def run_table3(dataset: str, out_csv: str | os.PathLike, results_md: str | os.Pa
     counts = ex.run_specs(specs, out_csv, jobs=jobs, gpus=gpus, timeout=timeout, echo=echo, **run_kwargs)
     elapsed = time.time() - started
 
-    df = ex.read_results(out_csv)
+    df = rc.read_results(out_csv)
     mine = df[df['run_id'].isin({s.run_id for s in specs})]
     ok = mine[mine['status'] == 'ok']
-    best = ex.select_best(ok, by, min_seeds=n_seeds) if len(ok) else ok
+    best = rc.select_best(ok, by, min_seeds=n_seeds) if len(ok) else ok
     lines = [f'## Table 3 on {dataset} (`exp.py table3`)', '',
              f'Written {datetime.date.today().isoformat()} by `{command or "exp.py table3"}`.', '',
              f'- Machine: {machine_description(gpus)}; {jobs} run(s) at a time.',
