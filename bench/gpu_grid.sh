@@ -6,9 +6,9 @@
 #   BUDGET=420 DEADLINE=560 bench/gpu_grid.sh office_main.txt:5:0 office_variants.txt:3:0
 # Each argument is GRID_FILE:N_SEEDS:SEED0 (files in bench/grids/, on top of office_kda_base.txt);
 # all runs of all grids start at once. Results under $OUT: gpu.txt, <grid>.csv, logs.tgz, exp.txt, and
-# with KEEP_MODELS='*-s0-*' (a find -path pattern) models.tgz with those checkpoints (for the analyses;
-# a KDA_LRD checkpoint is ~2 MB and a returned file may hold 16 MiB). With FUSE=1, once the grids are done,
-# every trained checkpoint is evaluated again with --text_fusion 1 (no training: exp.py run --checkpoints;
+# with KEEP_MODELS='*-s0-*' (a find -path pattern) models.tgz with those checkpoints, not their .state.pt
+# (for the analyses; a KDA_LRD checkpoint is ~2 MB and a returned file may hold 16 MiB). With FUSE=1, once
+# the grids are done, every trained checkpoint is evaluated again with --text_fusion 1 (no training: exp.py run --checkpoints;
 # KDA/RCF as KDA_LRD/RCF_LRD --include_lrd 0, i.e. KDA+TF in the report) into <grid>_tf_<model>.csv.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}; mkdir -p "$OUT" results
@@ -58,7 +58,7 @@ if [ -n "${FUSE:-}" ] && [ -z "$(jobs -rp)" ]; then
   echo "text fusion done at $(( $(date +%s) - T0 )) s; still running: $(jobs -rp | wc -l)"
 fi
 tar czf "$OUT/logs.tgz" log results 2>/dev/null; cp results/*.csv "$OUT/" 2>/dev/null
-[ -n "${KEEP_MODELS:-}" ] && find model -path "$KEEP_MODELS" -name '*.pt' -print0 | tar czf "$OUT/models.tgz" --null -T -
+[ -n "${KEEP_MODELS:-}" ] && find model -path "$KEEP_MODELS" -name '*.pt' ! -name '*.state.pt' -print0 | tar czf "$OUT/models.tgz" --null -T -
 python3 - <<'PY'
 import glob, pandas as pd
 for path in sorted(glob.glob('results/*.csv')):

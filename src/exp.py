@@ -5,6 +5,8 @@
         --grid 'lr=1e-3,1e-4 lamda=0.1,1,5,10' --n_seeds 5 --out results/office.csv
     python src/exp.py run --checkpoints results/office.csv --checkpoint_models KDA \
         --base '--model_name KDA_LRD --include_lrd 0 --text_fusion 1' --out results/office_tf.csv  # no training
+    python src/exp.py run --resume_runs results/office.csv --base '--time_budget 3600' \
+        --out results/office_more.csv  # budget-stopped runs continue from their last epoch
     python src/exp.py select --csv results/office.csv --by dev_NDCG@5
     python src/exp.py report --csv results/office.csv --out docs/results_table.md --latex docs/results_table.tex
     python src/exp.py table3 --dataset Office --n_seeds 5 --jobs 2   # Table 3: 8 models × 5 seeds → docs/results.md
@@ -42,8 +44,15 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Evaluate the checkpoints of this results CSV's finished runs instead of training: "
                              "each run's own arguments, then --base and --grid (e.g. --base '--model_name KDA_LRD "
                              "--include_lrd 0 --text_fusion 1'), then --load 1 --train 0 on its checkpoint and seed.")
+    parser.add_argument('--resume_runs', type=str, default='',
+                        help="Continue training the finished runs of this results CSV that did not stop early (time "
+                             "budget, Ctrl-C, --epoch reached) from their last epoch: each run's own arguments, "
+                             "then --base and --grid (e.g. --base '--time_budget 3600'), then --resume 1 on its "
+                             "checkpoint and seed. Reports pool it with the run it continues (--pool) and keep the "
+                             "latest.")
     parser.add_argument('--checkpoint_models', type=str, default='',
-                        help='With --checkpoints: comma-separated models whose runs are evaluated (default: all).')
+                        help='With --checkpoints or --resume_runs: comma-separated models whose runs are taken '
+                             '(default: all).')
     parser.add_argument('--n_seeds', type=int, default=1,
                         help='Runs per configuration, with --random_seed seed0, seed0+1, ...')
     parser.add_argument('--seed0', type=int, default=0, help='First random seed.')
@@ -86,7 +95,8 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              'by default they are excluded.')
     parser.add_argument('--pool', type=str, default=','.join(rc.RESOURCE_ARGS),
                         help='Arguments left out of a configuration, so that seeds run with different budgets (or '
-                             'evaluated from a checkpoint) count as one; a seed run twice keeps its latest run. '
+                             'evaluated from or continued from a checkpoint) count as one; a seed run twice keeps '
+                             'its latest run. '
                              "'' keeps every argument.")
     parser.add_argument('--models', type=str, default='',
                         help='Comma-separated models to keep (default: all); --text_fusion/--text_init runs are '
@@ -153,19 +163,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.commands and not commands:
         print(f'error: no runs in {args.commands}', file=sys.stderr)
         return 2
-    if args.checkpoints:
+    if args.checkpoints and args.resume_runs:
+        print('error: --checkpoints evaluates, --resume_runs trains on: give one of them', file=sys.stderr)
+        return 2
+    source = args.checkpoints or args.resume_runs
+    if source:
+        option, kind = ('--resume_runs', 'training state') if args.resume_runs else ('--checkpoints', 'checkpoint')
         if commands:
-            print('error: --checkpoints evaluates runs with their own arguments; change them with --base or --grid, '
+            print(f'error: {option} reruns runs with their own arguments; change them with --base or --grid, '
                   'not --commands', file=sys.stderr)
             return 2
-        specs, missing = ex.checkpoint_specs(rc.read_results(args.checkpoints), base=shlex.split(args.base),
+        specs, missing = ex.checkpoint_specs(rc.read_results(source), base=shlex.split(args.base),
                                              grid=ex.parse_grid(args.grid),
-                                             models=[m for m in args.checkpoint_models.split(',') if m] or None)
+                                             models=[m for m in args.checkpoint_models.split(',') if m] or None,
+                                             resume=bool(args.resume_runs))
         if missing:
-            print(f'{len(missing)} finished runs of {args.checkpoints} have no checkpoint on disk, skipped: '
+            print(f'{len(missing)} runs of {source} have no {kind} on disk, skipped: '
                   f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}', file=sys.stderr)
         if not specs:
-            print(f'error: no checkpoint to evaluate in {args.checkpoints}', file=sys.stderr)
+            print(f'error: no {kind} to {"continue" if args.resume_runs else "evaluate"} in {source}',
+                  file=sys.stderr)
             return 2
     else:
         specs = ex.build_specs(commands or None, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),

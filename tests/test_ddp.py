@@ -104,7 +104,7 @@ def free_port() -> int:
 
 def launch(root: Path, out: Path, model: str, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     dump = out / 'dump'
-    dump.mkdir(parents=True)
+    dump.mkdir(parents=True, exist_ok=True)
     args = ['--model_name', model, '--path', str(root), '--dataset', 'Tiny', '--gpu', '', '--epoch', '2',
             '--batch_size', '8', '--eval_batch_size', '8', '--log_file', str(out / 'log' / 'run.txt'),
             '--model_path', str(out / 'model' / 'run.pt'), '--ddp_timeout', '60', *extra]
@@ -210,6 +210,23 @@ def test_ranks_hold_identical_parameters_after_each_epoch(sasrec_run):
     assert any(not torch.equal(load_state(out, 0, 1)[k], load_state(out, 0, 2)[k]) for k in load_state(out, 0, 1))
 
 
+def test_resume_under_torchrun_retraces_the_uninterrupted_run(sasrec_run, tiny_root, tmp_path):
+    straight, _ = sasrec_run
+    out = tmp_path / 'split'
+    for extra in (['--epoch', '1'], ['--resume', '1']):  # one epoch, then continue to launch()'s --epoch 2
+        proc = launch(tiny_root, out, 'SASRec', '--test_all', '1', '--dropout', '0.1', *extra)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'after epoch 1 (best dev epoch 1, stopped by max_epoch); continuing with epoch 2' in \
+        (out / 'log' / 'run.txt').read_text()
+    saved = torch.load(out / 'model' / 'run.state.pt', weights_only=True)
+    assert saved['epoch'] == 2 and len(saved['rng']) == 2  # each rank's generators
+    assert not torch.equal(saved['rng'][0]['torch'], saved['rng'][1]['torch'])
+    for rank in (0, 1):
+        resumed, uninterrupted = load_state(out, rank, 2), load_state(straight, rank, 2)
+        for key in uninterrupted:
+            assert torch.equal(resumed[key], uninterrupted[key]), (rank, key)
+
+
 def test_training_shards_are_disjoint_and_cover_the_data(sasrec_run, tiny_root):
     out, _ = sasrec_run
     n = n_train_instances(tiny_root)
@@ -229,7 +246,7 @@ def test_only_rank_zero_writes_and_logs(sasrec_run):
     out, proc = sasrec_run
     files = files_under(out)
     assert [f for f in files if not f.startswith('dump')] == sorted([
-        'log/run.txt', 'model/run.pt',
+        'log/run.txt', 'model/run.pt', 'model/run.state.pt',
         *(f'log/{d.name}/rec-{p}.csv' for d in (out / 'log').iterdir() if d.is_dir() for p in ('dev', 'test'))])
     assert len([f for f in files if f.endswith('.csv')]) == 2
     log = (out / 'log' / 'run.txt').read_text()

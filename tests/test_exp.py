@@ -22,6 +22,7 @@ from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import arg_docs, corpus_cache, reports  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
+from utils import train_state  # noqa: E402
 
 METRICS = [f'{m}@{k}' for k in (5, 10, 20, 50) for m in ('HR', 'NDCG')]
 
@@ -306,6 +307,34 @@ def test_real_children_ok_and_crash(tmp_path, tiny_outside_repo, monkeypatch):
     assert Path(ok['model_path']).is_file() and Path(ok['log_file']).is_file()
     result = json.loads((tmp_path / 'results_runs' / f'{ok["run_id"]}.json').read_text())
     assert result['test']['NDCG@5'] == pytest.approx(float(ok['test_NDCG@5']))
+
+
+def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_path, tiny_outside_repo,
+                                                                           monkeypatch):
+    """exp.py run --resume_runs: runs that did not stop early continue on their own checkpoint path; an
+    early-stopped run and a run without a state file are left alone; reports keep the continued run."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    name, data = tiny_outside_repo, tmp_path / 'data'
+    paths = ['--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')]
+    first = tmp_path / 'first.csv'
+    base = (f"--model_name SASRec --dataset {name} --path {data} --epoch 3 --time_budget 0.001 --gpu '' "
+            '--batch_size 64 --emb_size 8')
+    assert exp.main(['run', '--base', base, '--n_seeds', '3', '--out', str(first)] + paths) == 0
+    df = rc.read_results(first)
+    assert (df['stop_reason'] == 'time_budget').all() and (df['epochs'] == 1).all()
+    df.loc[df['seed'] == 2, 'stop_reason'] = 'early_stop'  # converged: never continued
+    rc.write_results(first, df.to_dict('records'))
+    Path(train_state.state_path(df.loc[df['seed'] == 1, 'model_path'].iloc[0])).unlink()
+    more = tmp_path / 'more.csv'
+    assert exp.main(['run', '--resume_runs', str(first), '--base', '--time_budget 0', '--out', str(more)] + paths) == 0
+    cont = rc.read_results(more)
+    assert list(cont['seed']) == [0] and int(cont['epochs'][0]) == 3 and cont['stop_reason'][0] == 'max_epoch'
+    assert int(cont['resume'][0]) == 1
+    assert cont['model_path'][0] == df.loc[df['seed'] == 0, 'model_path'].iloc[0]
+    assert 'continuing with epoch 2' in Path(cont['log_file'][0]).read_text()
+    pooled = rc.pool_configs(rc.filter_rows(rc.read_many([first, more])))
+    assert sorted(pooled['seed']) == [0, 1, 2] and int(pooled.loc[pooled['seed'] == 0, 'epochs'].iloc[0]) == 3
+    assert exp.main(['run', '--resume_runs', str(first), '--checkpoints', str(first), '--out', str(more)]) == 2
 
 
 def test_checkpoints_are_evaluated_again_with_text_fusion(tmp_path, tiny_outside_repo, monkeypatch):

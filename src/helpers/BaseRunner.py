@@ -28,6 +28,7 @@ from models.BaseModel import BaseModel
 from utils import distributed as dist_utils
 from utils import metrics as metric_utils
 from utils import optim
+from utils import train_state
 from utils.runtime import batch_to_device, check_dir
 
 
@@ -50,6 +51,11 @@ class BaseRunner:
                             help='Stop training (as early stopping does: best dev checkpoint restored, then '
                                  'the final report) before an epoch that would end after this many seconds '
                                  'of the training loop; for grids with a deadline. 0 = no limit.')
+        parser.add_argument('--resume', type=int, default=0,
+                            help='1: continue training from the state the last completed epoch wrote next to the '
+                                 'checkpoint (<run name>.state.pt: weights, optimizer, dev history, random '
+                                 'generators), e.g. after --time_budget, a crash or Ctrl-C; raise --epoch to train '
+                                 'past it. Starts from scratch when there is no state file.')
         parser.add_argument('--lr', type=float, default=1e-3,
                             help='Learning rate.')
         parser.add_argument('--l2', type=float, default=0,
@@ -102,6 +108,7 @@ class BaseRunner:
         self.test_epoch = args.test_epoch
         self.early_stop = args.early_stop
         self.time_budget = args.time_budget
+        self.resume = bool(getattr(args, 'resume', 0))
         self.epochs_run = 0
         self.stop_reason = ''
         self.learning_rate = args.lr
@@ -215,8 +222,9 @@ class BaseRunner:
         main_metric_results, dev_results = [], []
         loop_start = self._check_time(start=True)
         self.stop_reason = 'max_epoch'
+        first_epoch = self._resume(model, data_dict, main_metric_results, dev_results) if self.resume else 0
         try:
-            for epoch in range(self.epoch):
+            for epoch in range(first_epoch, self.epoch):
                 self._check_time()
                 gc.collect()
                 loss = self.fit(data_dict['train'], epoch=epoch + 1)
@@ -248,18 +256,22 @@ class BaseRunner:
                     logging.info(f'            {summary}')
                 self._step_lr(model, main_metric_results[-1], epoch + 1)
                 self.epochs_run = epoch + 1
-                stop = self.early_stop > 0 and self.eval_termination(main_metric_results)
-                if dist_utils.broadcast_object(stop):  # rank 0 decides, every rank stops with it
-                    logging.info(f'Early stop at {epoch + 1} based on dev result.')
-                    self.stop_reason = 'early_stop'
-                    break
-                if epoch + 1 < self.epoch and dist_utils.broadcast_object(self._out_of_time(loop_start, epoch + 1)):
+                stop = ''
+                if dist_utils.broadcast_object(self.early_stop > 0 and self.eval_termination(main_metric_results)):
+                    logging.info(f'Early stop at {epoch + 1} based on dev result.')  # rank 0 decided for all
+                    stop = 'early_stop'
+                elif epoch + 1 < self.epoch and dist_utils.broadcast_object(
+                        self._out_of_time(loop_start, epoch + 1 - first_epoch)):
                     best = main_metric_results.index(max(main_metric_results)) + 1
                     state = ('still improving, not converged' if best == epoch + 1
                              else 'early stopping had not triggered')
                     logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
-                                 f'(best dev epoch {best}: {state}).')
-                    self.stop_reason = 'time_budget'
+                                 f'(best dev epoch {best}: {state}; --resume 1 continues it).')
+                    stop = 'time_budget'
+                self._save_state(model, data_dict, main_metric_results, dev_results,
+                                 stop or ('max_epoch' if epoch + 1 == self.epoch else ''))
+                if stop:
+                    self.stop_reason = stop
                     break
         except KeyboardInterrupt:
             if distributed:  # ranks interrupted at different points cannot agree on more collectives
@@ -282,16 +294,21 @@ class BaseRunner:
                 model.load_model()
             dist_utils.broadcast_state(model)  # every rank continues with rank 0's best model
 
-    def _step_lr(self, model: BaseModel, dev_metric: float, epoch: int) -> None:
-        """Feed the dev main metric to ``--lr_scheduler`` (every rank sees the same value) and log changes."""
-        if not self.lr_scheduler:
-            return
-        if self._scheduled is not model.optimizer:
+    def _lr_schedulers(self, model: BaseModel) -> list:
+        """The ``--lr_scheduler`` schedulers of the model's current optimizer (none without the option)."""
+        if self.lr_scheduler and self._scheduled is not model.optimizer:
             opts = ([model.optimizer.dense, model.optimizer.sparse]
                     if isinstance(model.optimizer, optim.CombinedOptimizer) else [model.optimizer])
             self._schedulers = [torch.optim.lr_scheduler.ReduceLROnPlateau(
                 o, mode='max', factor=self.lr_factor, patience=self.lr_patience, min_lr=self.min_lr) for o in opts]
             self._scheduled = model.optimizer
+        return self._schedulers
+
+    def _step_lr(self, model: BaseModel, dev_metric: float, epoch: int) -> None:
+        """Feed the dev main metric to ``--lr_scheduler`` (every rank sees the same value) and log changes."""
+        if not self.lr_scheduler:
+            return
+        self._lr_schedulers(model)
         before = self._schedulers[0].optimizer.param_groups[0]['lr']
         for scheduler in self._schedulers:
             scheduler.step(dev_metric)
@@ -299,6 +316,64 @@ class BaseRunner:
         if after != before:
             logging.info(f'Learning rate {before:.3g} -> {after:.3g} after epoch {epoch} '
                          f'(no better dev {self.main_metric} for {self.lr_patience + 1} epochs).')
+
+    @staticmethod
+    def _rng_objects(model: BaseModel, data_dict: dict[str, BaseModel.Dataset]) -> dict[str, object]:
+        """Where the random generators that draw during training live (see utils/train_state.py)."""
+        return {'model': model, **data_dict}
+
+    def _save_state(self, model: BaseModel, data_dict: dict[str, BaseModel.Dataset], main_metric_results: list,
+                    dev_results: list, stop_reason: str) -> None:
+        """Write the training state of the epoch just finished (rank 0; every rank's generators)."""
+        rng = train_state.rng_state(self._rng_objects(model, data_dict))
+        rngs = dist_utils.all_gather_object(rng)
+        if dist_utils.is_main():
+            train_state.save(train_state.state_path(model.model_path), {
+                'epoch': self.epochs_run, 'model': model.state_dict(), 'optimizer': model.optimizer.state_dict(),
+                'schedulers': [s.state_dict() for s in self._lr_schedulers(model)],
+                'main_metric': list(main_metric_results), 'dev_results': list(dev_results),
+                'stop_reason': stop_reason, 'rng': rngs})
+
+    def _resume(self, model: BaseModel, data_dict: dict[str, BaseModel.Dataset], main_metric_results: list,
+                dev_results: list) -> int:
+        """Load the state the last completed epoch wrote (rank 0 reads, every rank gets it); returns the number of
+        epochs already trained, or ``self.epoch`` when the saved run has nothing left to train."""
+        path = train_state.state_path(model.model_path)
+        state = None
+        if dist_utils.is_main() and os.path.exists(path):
+            state = train_state.load(path)
+        state = dist_utils.broadcast_object(state)
+        if state is None:
+            logging.info(f'--resume 1: no training state at {path}; training from scratch.')
+            return 0
+        model.load_state_dict(state['model'])
+        model.optimizer = self._build_optimizer(model)
+        model.optimizer.load_state_dict(state['optimizer'])
+        for scheduler, saved in zip(self._lr_schedulers(model), state['schedulers']):
+            scheduler.load_state_dict(saved)
+        main_metric_results.extend(state['main_metric'])
+        dev_results.extend(state['dev_results'])
+        rngs = state['rng']
+        rank = dist_utils.get_rank()
+        if len(rngs) == dist_utils.get_world_size():
+            lost = train_state.set_rng_state(rngs[rank], self._rng_objects(model, data_dict))
+            if lost:
+                logging.warning(f'--resume 1: random generators {lost} of the saved run do not exist here.')
+        else:
+            logging.warning(f'--resume 1: the state was saved by {len(rngs)} processes, this run has '
+                            f'{dist_utils.get_world_size()}; continuing with fresh random generators.')
+        self.epochs_run, saved_reason = int(state['epoch']), str(state['stop_reason'])
+        best = main_metric_results.index(max(main_metric_results)) + 1 if main_metric_results else 0
+        done = self.epochs_run >= self.epoch or bool(self.early_stop > 0 and main_metric_results
+                                                     and self.eval_termination(main_metric_results))
+        logging.info(f'--resume 1: {path} after epoch {self.epochs_run} (best dev epoch {best}, stopped by '
+                     f'{saved_reason or "an interruption"}); '
+                     + ('nothing left to train under --epoch and --early_stop.' if done
+                        else f'continuing with epoch {self.epochs_run + 1}.'))
+        if done:
+            self.stop_reason = saved_reason or self.stop_reason
+            return self.epoch
+        return self.epochs_run
 
     def _out_of_time(self, loop_start: float, epochs_done: int) -> bool:
         """True when one more epoch (at the mean epoch time so far) would end past ``--time_budget``."""

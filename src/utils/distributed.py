@@ -177,6 +177,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """Every rank's value of a picklable object, in rank order (``[obj]`` outside torchrun)."""
+    if not is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def all_reduce_sum(values) -> np.ndarray:
     """Element-wise sum over ranks of a small float vector (float64)."""
     array = np.asarray(values, dtype=np.float64)

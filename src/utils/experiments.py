@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from utils import train_state
 from utils.results_csv import read_results, write_results
 from utils.runtime import REPO_DIR, SRC_DIR
 
@@ -299,26 +300,33 @@ def peek_arg(argv: list[str], name: str) -> str | None:
     return getattr(parser.parse_known_args(argv)[0], name)
 
 
-def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
+def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None,
+                          resumable: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """Finished runs (of ``models``) whose checkpoint, the ``--model_path`` of their arguments, is on disk; and the
-    run ids of the finished runs whose checkpoint is not."""
+    run ids of the finished runs whose checkpoint is not. With ``resumable``: the runs that did not stop early
+    and whose training state (``--resume 1``, utils/train_state.py) is on disk."""
     rows = df[df['status'] == 'ok']
     if models:
         rows = rows[rows['model'].isin(models)]
-    present = np.array([os.path.isfile(peek_arg(shlex.split(str(argv)), 'model_path') or '') for argv in rows['argv']],
-                       dtype=bool)
+    if resumable:
+        rows = rows[rows['stop_reason'].fillna('') != 'early_stop']
+    paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
+    present = np.array([os.path.isfile(train_state.state_path(p) if resumable and p else p) for p in paths], dtype=bool)
     return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
 
 
 def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list[tuple[str, list[str]]] | None = None,
-                     models: list[str] | None = None) -> tuple[list[RunSpec], list[str]]:
-    """Runs that evaluate trained checkpoints again instead of training (e.g. with ``--text_fusion 1``).
+                     models: list[str] | None = None, resume: bool = False) -> tuple[list[RunSpec], list[str]]:
+    """Runs that evaluate trained checkpoints again instead of training (e.g. with ``--text_fusion 1``), or, with
+    ``resume``, continue training the runs that did not stop early (e.g. with a new ``--time_budget``).
 
-    For each finished run of ``df`` (of ``models``) whose checkpoint is on disk: its own arguments (without the
-    log and model paths exp.py gave it), then ``base``, then each grid point, then ``--load 1 --train 0
-    --model_path <its checkpoint>``, with its seed. Returns the specs and the run ids whose checkpoint is missing.
+    For each such run of ``df`` (of ``models``) whose checkpoint (training state) is on disk: its own arguments
+    (without the log and model paths exp.py gave it), then ``base``, then each grid point, then ``--load 1 --train 0``
+    (``--resume 1``) and ``--model_path <its checkpoint>``, with its seed. Returns the specs and the run ids whose
+    checkpoint (training state) is missing.
     """
-    rows, missing = runs_with_checkpoints(df, models)
+    rows, missing = runs_with_checkpoints(df, models, resumable=resume)
+    mode = ['--resume', '1'] if resume else ['--load', '1', '--train', '0']
     specs, seen = [], set()
     for _, row in rows.iterrows():
         tokens = shlex.split(str(row['argv']))
@@ -331,7 +339,7 @@ def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list
             own.append(tokens[i])
             i += 1
         for point in expand_grid(grid or []):
-            argv = own + list(base or []) + point + ['--load', '1', '--train', '0', '--model_path', checkpoint]
+            argv = own + list(base or []) + point + mode + ['--model_path', checkpoint]
             spec = _spec(argv, int(row['seed']))
             if spec.run_id not in seen:
                 seen.add(spec.run_id)

@@ -77,8 +77,8 @@ VARIANT_DEFAULTS = {'include_lrd': 1, 'include_kge': 1, 'lrd_feature': 'llm'}
 # Reports name a model that takes the texts another way by suffixes, in this order: a model of its own, compared
 # with its backbone (KDA_LRD --include_lrd 0 --text_init 1 --text_fusion 1 is "KDA+TI+TF").
 TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
-# Arguments that stop or resume a run without changing what it trains; reports pool seeds across them.
-RESOURCE_ARGS = ('time_budget', 'load', 'train')
+# Arguments that stop, continue or reload a run without changing what it trains; reports pool seeds across them.
+RESOURCE_ARGS = ('time_budget', 'load', 'train', 'resume')
 
 
 def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
