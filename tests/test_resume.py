@@ -16,15 +16,18 @@ import main  # noqa: E402
 from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import corpus_cache, train_state  # noqa: E402
 
+N_ITEMS = 40
 ARGS = {'SASRec': ['--dropout', '0.3'],
-        'KDA': ['--include_attr', '1', '--include_val', '1', '--emb_size', '16', '--num_heads', '2',
-                '--num_layers', '1', '--history_max', '5']}
+        'KDA_LRD': ['--include_attr', '1', '--include_val', '1', '--emb_size', '16', '--num_heads', '2',
+                    '--num_layers', '1', '--history_max', '5', '--plm_name', 'feat:test', '--latent_relation_num', '2']}
 
 
 @pytest.fixture(scope='module')
 def tiny_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp('data')
-    make_tiny_dataset(root)
+    folder = make_tiny_dataset(root, n_items=N_ITEMS)
+    items = np.arange(1, N_ITEMS + 1)[:, None]  # a deterministic text-feature file for the LRD model
+    np.savetxt(folder / 'Tiny.feat.test', np.sin(items * np.arange(1, 7)), fmt='%.6f')
     return root
 
 
@@ -46,7 +49,7 @@ def run(model: str, root: Path, model_path: Path, *extra: str) -> dict:
                 logging.root.removeHandler(handler)
 
 
-@pytest.mark.parametrize('model', ['SASRec', 'KDA'])
+@pytest.mark.parametrize('model', ['SASRec', 'KDA_LRD'])  # KDA_LRD: KG and LRD negatives have their own RNGs
 def test_resumed_run_retraces_the_uninterrupted_one(model, tiny_root, tmp_path):
     straight = run(model, tiny_root, tmp_path / 'straight.pt', '--epoch', '3')
     first = run(model, tiny_root, tmp_path / 'split.pt', '--epoch', '1')
@@ -64,6 +67,8 @@ def test_resumed_run_retraces_the_uninterrupted_one(model, tiny_root, tmp_path):
     for split in ('dev', 'test'):
         assert resumed[split] == straight[split]
     assert len(b['rng']) == 1 and 'train.rng' in b['rng'][0]['numpy']  # one process; the sampler's generator
+    if model == 'KDA_LRD':
+        assert 'train.lrd_rng' in b['rng'][0]['numpy']
 
 
 def test_resume_without_state_trains_from_scratch_and_a_finished_run_is_not_trained_again(tiny_root, tmp_path):
