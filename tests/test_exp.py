@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import shlex
@@ -335,6 +336,28 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
     pooled = rc.pool_configs(rc.filter_rows(rc.read_many([first, more])))
     assert sorted(pooled['seed']) == [0, 1, 2] and int(pooled.loc[pooled['seed'] == 0, 'epochs'].iloc[0]) == 3
     assert exp.main(['run', '--resume_runs', str(first), '--checkpoints', str(first), '--out', str(more)]) == 2
+
+
+def test_a_run_started_again_continues_its_earlier_attempt(tmp_path, tiny_outside_repo, monkeypatch):
+    """A run exp.py did not record (grid interrupted, run timed out) left a training state on its checkpoint path;
+    running the grid again continues it from its last epoch instead of starting over."""
+    monkeypatch.setenv('OMP_NUM_THREADS', '1')
+    name, data = tiny_outside_repo, tmp_path / 'data'
+    base = f"--model_name SASRec --dataset {name} --path {data} --epoch 3 --gpu '' --batch_size 64 --emb_size 8"
+    spec = ex.build_specs(None, base=shlex.split(base))[0]
+    log_file, model_path = ex.run_paths(spec, tmp_path / 'log', tmp_path / 'model')
+    ex.child_main([str(tmp_path / 'attempt.json'), *spec.argv, '--time_budget', '0.001', '--log_file',
+                   str(tmp_path / 'attempt.txt'), '--model_path', str(model_path)])  # the attempt: one epoch
+    for handler in logging.root.handlers[:]:  # main leaves its log file open on the root logger
+        if isinstance(handler, logging.FileHandler):
+            handler.close()
+            logging.root.removeHandler(handler)
+    out = tmp_path / 'grid.csv'
+    assert exp.main(['run', '--base', base, '--out', str(out), '--log_dir', str(tmp_path / 'log'),
+                     '--model_dir', str(tmp_path / 'model')]) == 0
+    row = rc.read_results(out).iloc[0]
+    assert row['run_id'] == spec.run_id and int(row['epochs']) == 3 and row['argv'].endswith('--resume 1')
+    assert 'after epoch 1 (best dev epoch 1, stopped by time_budget); continuing with epoch 2' in log_file.read_text()
 
 
 def test_checkpoints_are_evaluated_again_with_text_fusion(tmp_path, tiny_outside_repo, monkeypatch):
