@@ -382,6 +382,7 @@ def test_checkpoints_are_evaluated_again_with_text_fusion(tmp_path, tiny_outside
     assert list(tf['model']) == ['KDA_LRD', 'KDA_LRD'] and sorted(tf['seed']) == [0, 1]
     assert (tf['text_fusion'] == 1).all() and (tf['train'] == 0).all() and (tf['epochs'] == 0).all()
     assert sorted(tf['model_path']) == sorted(before)  # loaded from the trained checkpoints ...
+    assert not any('--resume' in argv for argv in tf['argv'])  # (their training states are not for evaluations)
     assert all(Path(p).read_bytes() == b for p, b in before.items())  # ... and left as they were
     for log in tf['log_file']:
         assert 'Text fusion: beta ' in Path(log).read_text()

@@ -567,7 +567,8 @@ def _launch(spec: RunSpec, slot: int, work_dir: Path, log_dir: Path, model_dir: 
         argv += ['--log_file', str(log_file)]
     if '--model_path' not in argv:
         argv += ['--model_path', str(model_path)]
-    if '--resume' not in argv and os.path.isfile(train_state.state_path(peek_arg(argv, 'model_path'))):
+    trains = peek_arg(argv, 'train') in (None, '1')
+    if trains and '--resume' not in argv and os.path.isfile(train_state.state_path(peek_arg(argv, 'model_path'))):
         argv += ['--resume', '1']  # an earlier attempt (interrupted, timed out, crashed) continues from its last epoch
     result = work_dir / f'{spec.run_id}.json'
     stderr = work_dir / f'{spec.run_id}.stderr'
