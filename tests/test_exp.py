@@ -296,7 +296,7 @@ def test_real_children_ok_and_crash(tmp_path, tiny_outside_repo, monkeypatch):
                         f'python src/main.py --model_name SASRec {common} --optimizer NoSuchOptimizer\n')
     out = tmp_path / 'results.csv'
     code = exp.main(['run', '--commands', str(commands), '--jobs', '2', '--out', str(out),
-                     '--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')])
+                     *run_dirs(tmp_path)])
     assert code == 1  # some run failed
     df = pd.read_csv(out, keep_default_na=False)
     ok = df[df['status'] == 'ok'].iloc[0]
@@ -310,18 +310,25 @@ def test_real_children_ok_and_crash(tmp_path, tiny_outside_repo, monkeypatch):
     assert result['test']['NDCG@5'] == pytest.approx(float(ok['test_NDCG@5']))
 
 
+def run_dirs(tmp_path: Path) -> list[str]:
+    """exp.py's log and checkpoint folders inside the test's tmp folder."""
+    return ['--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')]
+
+
+def train_seeds(out: Path, n_seeds: int, base: str) -> tuple[Path, pd.DataFrame]:
+    """``exp.py run --base BASE --n_seeds N`` into ``out`` (logs and checkpoints next to it); its rows."""
+    assert exp.main(['run', '--base', base, '--n_seeds', str(n_seeds), '--out', str(out), *run_dirs(out.parent)]) == 0
+    return out, rc.read_results(out)
+
+
 def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_path, tiny_outside_repo,
                                                                            monkeypatch):
     """exp.py run --resume_runs: runs that did not stop early continue on their own checkpoint path; an
     early-stopped run and a run without a state file are left alone; reports keep the continued run."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    name, data = tiny_outside_repo, tmp_path / 'data'
-    paths = ['--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')]
-    first = tmp_path / 'first.csv'
-    base = (f"--model_name SASRec --dataset {name} --path {data} --epoch 3 --time_budget 0.001 --gpu '' "
-            '--batch_size 64 --emb_size 8')
-    assert exp.main(['run', '--base', base, '--n_seeds', '3', '--out', str(first)] + paths) == 0
-    df = rc.read_results(first)
+    paths = run_dirs(tmp_path)
+    first, df = train_seeds(tmp_path / 'first.csv', 3, f'--model_name SASRec --dataset {tiny_outside_repo} --path '
+                            f"{tmp_path / 'data'} --epoch 3 --time_budget 0.001 --gpu '' --batch_size 64 --emb_size 8")
     assert (df['stop_reason'] == 'time_budget').all() and (df['epochs'] == 1).all()
     df.loc[df['seed'] == 2, 'stop_reason'] = 'early_stop'  # converged: never continued
     rc.write_results(first, df.to_dict('records'))
@@ -353,8 +360,7 @@ def test_a_run_started_again_continues_its_earlier_attempt(tmp_path, tiny_outsid
             handler.close()
             logging.root.removeHandler(handler)
     out = tmp_path / 'grid.csv'
-    assert exp.main(['run', '--base', base, '--out', str(out), '--log_dir', str(tmp_path / 'log'),
-                     '--model_dir', str(tmp_path / 'model')]) == 0
+    assert exp.main(['run', '--base', base, '--out', str(out), *run_dirs(tmp_path)]) == 0
     row = rc.read_results(out).iloc[0]
     assert row['run_id'] == spec.run_id and int(row['epochs']) == 3 and row['argv'].endswith('--resume 1')
     assert 'after epoch 1 (best dev epoch 1, stopped by time_budget); continuing with epoch 2' in log_file.read_text()
@@ -367,12 +373,9 @@ def test_checkpoints_are_evaluated_again_with_text_fusion(tmp_path, tiny_outside
     name, data = tiny_outside_repo, tmp_path / 'data'
     n_items = int(pd.read_csv(data / name / 'item_meta.csv', sep='\t')['item_id'].max())
     np.savetxt(data / name / f'{name}.feat.tiny', np.random.default_rng(0).normal(size=(n_items, 6)))
-    paths = ['--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')]
-    trained = tmp_path / 'kda.csv'
-    base = (f"--model_name KDA --dataset {name} --path {data} --epoch 1 --gpu '' --batch_size 64 --emb_size 8 "
-            '--num_heads 2 --num_layers 1 --topk 5,10')
-    assert exp.main(['run', '--base', base, '--n_seeds', '2', '--out', str(trained)] + paths) == 0
-    kda = rc.read_results(trained)
+    paths = run_dirs(tmp_path)
+    trained, kda = train_seeds(tmp_path / 'kda.csv', 2, f"--model_name KDA --dataset {name} --path {data} --epoch 1 "
+                               "--gpu '' --batch_size 64 --emb_size 8 --num_heads 2 --num_layers 1 --topk 5,10")
     before = {p: Path(p).read_bytes() for p in kda['model_path']}
     fused = tmp_path / 'tf.csv'
     argv = ['run', '--checkpoints', str(trained), '--base', '--model_name KDA_LRD --include_lrd 0 --text_fusion 1 '
