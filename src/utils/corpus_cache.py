@@ -11,8 +11,8 @@ import hashlib
 import logging
 import os
 import pickle
-import tempfile
 
+from utils.atomic_write import atomic_write
 from utils.runtime import REPO_DIR
 
 
@@ -78,10 +78,6 @@ def load_corpus(reader_cls, args: argparse.Namespace):
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError, ImportError, TypeError) as e:
             logging.warning(f'Corpus cache {path} is unreadable ({e}): rebuilding')
     corpus = reader_cls(args)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-        pickle.dump((key, corpus), f, protocol=pickle.HIGHEST_PROTOCOL)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: pickle.dump((key, corpus), f, protocol=pickle.HIGHEST_PROTOCOL))
     logging.info(f'Save corpus to {path}')
     return corpus

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from utils import train_state
+from utils.atomic_write import atomic_write
 from utils.results_csv import read_results, write_results
 from utils.runtime import REPO_DIR, SRC_DIR
 
@@ -72,10 +73,7 @@ def child_main(argv: list[str]) -> int:
     import main  # noqa: WPS433 (imported here: the parent never needs torch for this)
     sys.argv = ['main.py', *main_argv]  # main logs ' '.join(sys.argv) as the command line
     results = main.main(main_argv)
-    tmp = f'{result_path}.{os.getpid()}.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(_jsonable(results), f, indent=1)
-    os.replace(tmp, result_path)
+    atomic_write(result_path, lambda f: f.write(json.dumps(_jsonable(results), indent=1).encode()))
     return 0
 
 

@@ -9,10 +9,11 @@ import json
 import math
 import os
 import re
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from utils.atomic_write import atomic_write
 
 # Leading CSV columns; then dev_/test_ metric columns; then one column per model argument.
 FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'epochs', 'stop_reason',
@@ -66,11 +67,7 @@ def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
     df = pd.DataFrame(rows, columns=columns)
     for column in ('seed', 'best_epoch', 'epochs'):  # integers, also when some rows have none (failed runs)
         df[column] = pd.to_numeric(df[column], errors='coerce').round().astype('Int64')
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode()))
 
 
 VARIANT_DEFAULTS = {'include_lrd': 1, 'include_kge': 1, 'lrd_feature': 'llm'}

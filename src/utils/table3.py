@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from utils import experiments as ex
+from utils.atomic_write import atomic_write
 from utils import reports
 from utils import results_csv as rc
 
@@ -57,10 +58,7 @@ def replace_section(path: str | os.PathLike, key: str, body: str) -> None:
         text = head + block + rest.split(end, 1)[1].lstrip('\n')
     else:
         text = text + ('\n' if text and not text.endswith('\n\n') else '') + block
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def run_table3(dataset: str, out_csv: str | os.PathLike, results_md: str | os.PathLike,

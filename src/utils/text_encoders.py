@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +26,8 @@ from typing import Protocol
 
 import numpy as np
 from tqdm import tqdm
+
+from utils.atomic_write import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -230,21 +231,6 @@ def _read_cache(npy: Path, meta: Path, identity: str, texts_sha: str, n_rows: in
     return features
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temp file in the same folder and os.replace, so readers never see a half-written file."""
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp')
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # unlike mkstemp, honours the umask
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def item_text_features(texts: list[str], encoder: str | TextEncoder = 'minilm',
                        cache_dir: str | os.PathLike | None = None, device: str = 'cpu',
                        batch_size: int | None = None) -> np.ndarray:
@@ -281,9 +267,9 @@ def item_text_features(texts: list[str], encoder: str | TextEncoder = 'minilm',
 
     if cache_dir is not None:
         os.makedirs(cache_dir, exist_ok=True)
-        _atomic_write(npy, lambda f: np.save(f, features, allow_pickle=False))
+        atomic_write(npy, lambda f: np.save(f, features, allow_pickle=False))
         sidecar = json.dumps(_sidecar(enc.identity, texts_sha, features), indent=1).encode()
-        _atomic_write(meta, lambda f: f.write(sidecar))
+        atomic_write(meta, lambda f: f.write(sidecar))
         logger.info('Cached text features %s %s', npy, features.shape)
     return features
 

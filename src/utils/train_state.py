@@ -8,11 +8,12 @@ resumed run retraces the uninterrupted one.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from utils.atomic_write import atomic_write
 
 KEYS = ('epoch', 'model', 'optimizer', 'schedulers', 'main_metric', 'dev_results', 'stop_reason', 'rng')
 
@@ -55,11 +56,8 @@ def set_rng_state(state: dict, objects: dict[str, object]) -> list[str]:
 
 
 def save(path: str, state: dict) -> None:
-    """Write atomically (temp file, then rename): a run killed while saving keeps the previous epoch's state."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write atomically: a run killed while saving keeps the previous epoch's state."""
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load(path: str) -> dict:
