@@ -308,11 +308,11 @@ class BaseRunner:
         """Feed the dev main metric to ``--lr_scheduler`` (every rank sees the same value) and log changes."""
         if not self.lr_scheduler:
             return
-        self._lr_schedulers(model)
-        before = self._schedulers[0].optimizer.param_groups[0]['lr']
-        for scheduler in self._schedulers:
+        schedulers = self._lr_schedulers(model)
+        before = schedulers[0].optimizer.param_groups[0]['lr']
+        for scheduler in schedulers:
             scheduler.step(dev_metric)
-        after = self._schedulers[0].optimizer.param_groups[0]['lr']
+        after = schedulers[0].optimizer.param_groups[0]['lr']
         if after != before:
             logging.info(f'Learning rate {before:.3g} -> {after:.3g} after epoch {epoch} '
                          f'(no better dev {self.main_metric} for {self.lr_patience + 1} epochs).')
