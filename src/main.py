@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils import registry  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
+from utils.io import DataFormatError  # noqa: E402
 from utils.metrics import format_metrics  # noqa: E402
 from utils.runtime import REPO_DIR, check_dir, configure_cpu, init_seed, pick_device  # noqa: E402
 
@@ -198,4 +199,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except (FileNotFoundError, DataFormatError) as e:  # bad input: the message names the file; no traceback
+        sys.exit(f'error: {e}')

@@ -77,6 +77,18 @@ def test_unknown_model_from_the_command_line_exits_with_one_line():
     assert 'KDA_LRD' in lines[-1] and 'SASRec' in lines[-1]
 
 
+def test_missing_dataset_from_the_command_line_exits_with_one_line(tmp_path):
+    (tmp_path / 'Hand').mkdir()
+    proc = subprocess.run([sys.executable, 'src/main.py', '--model_name', 'KDA', '--dataset', 'Office',
+                           '--path', str(tmp_path), '--gpu', ''], cwd=REPO, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert 'Traceback' not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1] == (f"error: dataset 'Office' not found in {tmp_path}; available: Hand "
+                         "(build one with the scripts in data/, see data/README.md)")
+
+
 # --------------------------------------------------------------------------- argument parsing
 
 def parse(*argv: str) -> argparse.Namespace:

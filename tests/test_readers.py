@@ -161,7 +161,8 @@ def test_unknown_dataset_lists_what_exists(tmp_path):
     (tmp_path / 'notes.txt').write_text('not a dataset')
     with pytest.raises(FileNotFoundError) as info:
         BaseReader(reader_args(tmp_path, dataset='Office'))
-    assert str(info.value) == f"dataset 'Office' not found in {tmp_path}; available: Hand, Other"
+    assert str(info.value) == (f"dataset 'Office' not found in {tmp_path}; available: Hand, Other "
+                               "(build one with the scripts in data/, see data/README.md)")
     with pytest.raises(FileNotFoundError, match='available: none'):
         BaseReader(reader_args(tmp_path / 'nowhere', dataset='Office'))
 

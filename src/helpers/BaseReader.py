@@ -33,7 +33,8 @@ class BaseReader:
             found = sorted(d for d in os.listdir(self.prefix)
                            if os.path.isdir(os.path.join(self.prefix, d))) if os.path.isdir(self.prefix) else []
             raise FileNotFoundError(f'dataset {self.dataset!r} not found in {self.prefix}; '
-                                    f'available: {", ".join(found) or "none"}')
+                                    f'available: {", ".join(found) or "none"} '
+                                    '(build one with the scripts in data/, see data/README.md)')
         self._read_data()
 
     def _read_data(self) -> None:

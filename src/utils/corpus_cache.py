@@ -29,6 +29,8 @@ NOT_SHAPING = {'path', 'regenerate', 'plm_device', 'plm_batch_size'}
 
 def input_files(data_dir: str, dataset: str) -> list[str]:
     """The files a reader may read: derived files (caches, embeddings) written next to them are not inputs."""
+    if not os.path.isdir(data_dir):
+        return []  # nothing to key on: the reader then says which datasets exist
     fixed = {'train.csv', 'dev.csv', 'test.csv', 'item_meta.csv', f'{dataset}.text', f'{dataset}.item2index'}
     return sorted(n for n in os.listdir(data_dir)
                   if n in fixed or n.startswith(f'{dataset}.feat.'))
