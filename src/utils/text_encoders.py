@@ -266,7 +266,6 @@ def item_text_features(texts: list[str], encoder: str | TextEncoder = 'minilm',
     features[1:] = vectors
 
     if cache_dir is not None:
-        os.makedirs(cache_dir, exist_ok=True)
         atomic_write(npy, lambda f: np.save(f, features, allow_pickle=False))
         sidecar = json.dumps(_sidecar(enc.identity, texts_sha, features), indent=1).encode()
         atomic_write(meta, lambda f: f.write(sidecar))
