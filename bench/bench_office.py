@@ -48,7 +48,8 @@ def main() -> None:
         row = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps(row), flush=True)
         rows.append(row)
-    print('\n| model | corpus build s | train epoch s (median) | data share | dev eval s | dev+test eval s | peak RSS GB |')
+    print('\n| model | corpus build s | train epoch s (median) | data share | dev eval s | dev+test eval s '
+          '| peak RSS GB |')
     print('|---|---|---|---|---|---|---|')
     for r in rows:
         print(f"| {r['model']} | {r['corpus_build_s']} | {r['epoch_s_median']} | {r.get('data_share_of_epoch', '')} | "

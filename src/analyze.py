@@ -18,7 +18,9 @@ import argparse
 import os
 import shlex
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +32,10 @@ from utils import figures  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
 from utils.reports import markdown_table  # noqa: E402
 from utils.runtime import REPO_DIR  # noqa: E402
+
+if TYPE_CHECKING:
+    from helpers.BaseReader import BaseReader
+    from models.BaseModel import BaseModel
 
 DEFAULT_OUT_DIR = str(REPO_DIR / 'docs' / 'figures')
 MODEL_COMMANDS = ('heatmap', 'pairs', 'case')
@@ -114,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass
 class Trained:
-    model: object
-    corpus: object
+    model: BaseModel
+    corpus: BaseReader
     args: argparse.Namespace
     model_cls: type
     argv: list[str]
@@ -178,7 +184,7 @@ def trained_from_cli(opts: argparse.Namespace, extra: list[str]) -> Trained:
 
 # --------------------------------------------------------------------------- helpers
 
-def relation_labels(model, corpus) -> list[str]:
+def relation_labels(model: BaseModel, corpus: BaseReader) -> list[str]:
     """``0 virtual``, ``1 complement`` ... (the corpus' r_ then i_ columns), then ``5 latent 1`` ..."""
     names = ['virtual'] + [c[2:] for c in getattr(corpus, 'item_relations', [])] \
         + [c[2:] for c in getattr(corpus, 'attr_relations', [])]
@@ -189,7 +195,7 @@ def relation_labels(model, corpus) -> list[str]:
     return [f'{i} {name}' for i, name in enumerate(names)]
 
 
-def item_texts(corpus) -> list[str]:
+def item_texts(corpus: BaseReader) -> list[str]:
     """Item texts by id when the dataset has them (any reader), else ids as text."""
     from helpers.LRDReader import LRDReader
     try:
@@ -293,8 +299,8 @@ def cmd_ablation(opts: argparse.Namespace) -> dict:
     stem = _stem(opts, 'ablation')
     summary.to_csv(stem + '.csv', index=False)
     figures.ablation_bars(summary, metrics, stem + '.png')
-    table = summary[['group', 'variant', 'source_model', 'n_seeds'] + [f'{m}_{s}' for m in metrics for s in ('mean', 'std')]
-                    + ['config']]
+    stats = [f'{m}_{s}' for m in metrics for s in ('mean', 'std')]
+    table = summary[['group', 'variant', 'source_model', 'n_seeds'] + stats + ['config']]
     _write(stem + '.md', f'# Ablation ({opts.split} set, mean ± std over seeds)\n\nSource: `{_sources(opts)}`; each '
            f'variant\'s configuration has the best mean {opts.by}.\n\n' + markdown_table(table))
     return {'png': stem + '.png', 'csv': stem + '.csv', 'md': stem + '.md'}
@@ -302,7 +308,7 @@ def cmd_ablation(opts: argparse.Namespace) -> dict:
 
 # --------------------------------------------------------------------------- heatmap (Fig. 3)
 
-def relation_similarity(model) -> np.ndarray:
+def relation_similarity(model: BaseModel) -> np.ndarray:
     weight = model.relation_embeddings.weight.detach().cpu().double().numpy()
     unit = weight / np.clip(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12, None)
     return unit @ unit.T
@@ -339,7 +345,7 @@ def cmd_heatmap(opts: argparse.Namespace, extra: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- pairs (Fig. 4)
 
-def observed_pairs(corpus, history_max: int, block: int = 200_000) -> np.ndarray:
+def observed_pairs(corpus: BaseReader, history_max: int, block: int = 200_000) -> np.ndarray:
     """Unique (history item, target) pairs of the training instances (history window ``history_max``), P × 2."""
     train = corpus.data_df['train']
     users = train['user_id'].to_numpy()
@@ -357,7 +363,7 @@ def observed_pairs(corpus, history_max: int, block: int = 200_000) -> np.ndarray
     return np.stack([keys // n, keys % n], axis=1)
 
 
-def all_pairs_chunks(n_items: int, chunk: int):
+def all_pairs_chunks(n_items: int, chunk: int) -> Iterator[np.ndarray]:
     """Every ordered pair (i, j) of distinct items 1..n_items-1, in chunks (never materialised at once)."""
     m = n_items - 1
     for start in range(0, m * m, chunk):
@@ -367,7 +373,7 @@ def all_pairs_chunks(n_items: int, chunk: int):
         yield np.stack([i[keep], j[keep]], axis=1)
 
 
-def score_pairs(model, pairs):
+def score_pairs(model: BaseModel, pairs: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
     """Scores of pairs under every relation: ``(q, phi)``, each P × R (q None without LRD)."""
     import torch
     with torch.no_grad():
@@ -397,7 +403,7 @@ class TopK:
         self.pairs = np.take_along_axis(candidates, order[:, :, None], axis=0)
 
 
-def top_pairs(model, corpus, source: str = 'observed', top_n: int = 5, chunk_size: int = 65536,
+def top_pairs(model: BaseModel, corpus: BaseReader, source: str = 'observed', top_n: int = 5, chunk_size: int = 65536,
               max_pairs: int = 10_000_000, history_max: int = 20) -> dict:
     """Top-n pairs per relation by q and by φ, plus per-relation usage over all scored pairs."""
     R = model.relation_num
@@ -481,7 +487,8 @@ def cmd_pairs(opts: argparse.Namespace, extra: list[str]) -> dict:
             sub = table[(table['relation_id'] == r) & (table['ranked_by'] == score)] if len(table) else table
             if sub.empty:
                 continue
-            show = pd.DataFrame({'#': sub['rank'], 'item i': sub['item_i'], 'text i': [_short(t) for t in sub['text_i']],
+            show = pd.DataFrame({'#': sub['rank'], 'item i': sub['item_i'],
+                                 'text i': [_short(t) for t in sub['text_i']],
                                  'item j': sub['item_j'], 'text j': [_short(t) for t in sub['text_j']],
                                  'q': sub['q'], 'φ': sub['phi']})
             if not found['has_q']:
@@ -495,13 +502,13 @@ def cmd_pairs(opts: argparse.Namespace, extra: list[str]) -> dict:
 
 # --------------------------------------------------------------------------- case study (Fig. 5)
 
-def test_dataset(trained: Trained):
+def test_dataset(trained: Trained) -> BaseModel.Dataset:
     dataset = trained.model_cls.Dataset(trained.model, trained.corpus, 'test')
     dataset.prepare()
     return dataset
 
 
-def all_ranks(trained: Trained, dataset, batch: int = 256) -> np.ndarray:
+def all_ranks(trained: Trained, dataset: BaseModel.Dataset, batch: int = 256) -> np.ndarray:
     """Rank of every test instance's target among its candidates (ties against the target)."""
     import torch
     from utils.metrics import rank_of_truth
@@ -513,7 +520,7 @@ def all_ranks(trained: Trained, dataset, batch: int = 256) -> np.ndarray:
     return np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
 
 
-def instance(dataset, user_id: int):
+def instance(dataset: BaseModel.Dataset, user_id: int) -> tuple[int, dict]:
     rows = np.flatnonzero(dataset.data['user_id'] == user_id)
     if not len(rows):
         raise ValueError(f'user {user_id} has no test instance (test users: 1..{dataset.corpus.n_users - 1})')
@@ -616,7 +623,8 @@ def cmd_case(opts: argparse.Namespace, extra: list[str]) -> dict:
               if key in scores}
     figures.case_panels([f'{p + 1}: {_short(texts[i], 28)}' for p, i in enumerate(history)], labels, panels,
                         model.n_predefined_relations, stem + '.png',
-                        title=f'User {user}, target {scores["target"]}: {_short(texts[scores["target"]], 50)}\n{rank_line}')
+                        title=f'User {user}, target {scores["target"]}: '
+                              f'{_short(texts[scores["target"]], 50)}\n{rank_line}')
     summary_cols = ['position', 'item_id', 'text'] + [c for c in table.columns if c.startswith('strongest_')
                                                       or c.startswith('baseline_')]
     show = table[summary_cols].copy()
@@ -660,7 +668,8 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
     for param, other in (('latent_relation_num', 'lamda'), ('lamda', 'latent_relation_num')):
         for (group, value), part in cells.groupby(['group', param], sort=False):
             curves.append({'group': group, 'param': param, 'value': value, 'mean': part['mean'].mean(),
-                           'n_cells': len(part), 'averaged_over': f'{other} ∈ {{{", ".join(f"{v:g}" for v in sorted(part[other]))}}}'})
+                           'n_cells': len(part),
+                           'averaged_over': f'{other} ∈ {{{", ".join(f"{v:g}" for v in sorted(part[other]))}}}'})
     curves = pd.DataFrame(curves).sort_values(['param', 'group', 'value'], kind='stable').reset_index(drop=True)
     return cells, curves
 

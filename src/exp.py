@@ -126,7 +126,8 @@ def add_table3_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--base', type=str, default='',
                         help="main.py arguments every run gets, e.g. \"--path data --gpu ''\" or '--time_budget 600'.")
     parser.add_argument('--jobs', type=int, default=1, help='Runs at a time (as exp.py run).')
-    parser.add_argument('--gpus', type=str, default='', help='GPU ids handed round robin to the job slots (as exp.py run).')
+    parser.add_argument('--gpus', type=str, default='',
+                        help='GPU ids handed round robin to the job slots (as exp.py run).')
     parser.add_argument('--timeout', type=float, default=0, help='Seconds after which a run is killed (0 = no limit).')
     parser.add_argument('--out', type=str, default='',
                         help='Results CSV, created or resumed (default: results/<dataset>_table3.csv).')

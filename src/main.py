@@ -51,7 +51,7 @@ def parse_global_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return dist_utils.parse_ddp_args(parser)
 
 
-def build_parser(argv: list[str] | None):
+def build_parser(argv: list[str] | None) -> tuple[argparse.ArgumentParser, type, type, type]:
     """Two-stage parsing: the model name picks the classes whose arguments make up the full parser."""
     init_parser = argparse.ArgumentParser(description='Model', add_help=False)
     init_parser.add_argument('--model_name', type=str, default='SASRec', help='Choose a model to run.')
@@ -68,7 +68,7 @@ def build_parser(argv: list[str] | None):
     return parser, model_cls, reader_cls, runner_cls
 
 
-def run_name(args: argparse.Namespace, model_cls) -> str:
+def run_name(args: argparse.Namespace, model_cls: type) -> str:
     """ReChorus' run name: model, dataset, seed, lr, l2 and the model's ``extra_log_args``.
 
     Names that would not fit a file name are cut after the last whole ``arg=value`` that fits (a value cut
@@ -112,7 +112,7 @@ def set_visible_gpus(args: argparse.Namespace) -> None:
     os.environ['CUDA_VISIBLE_DEVICES'] = args.gpu
 
 
-def load_corpus_once(reader_cls, args: argparse.Namespace):
+def load_corpus_once(reader_cls: type, args: argparse.Namespace) -> object:
     """Under torchrun the corpus (and the text embeddings a reader computes) is built once per node,
     by its local rank 0; the other ranks wait on a barrier and then hit the cache it wrote."""
     if not dist_utils.is_initialized():
@@ -126,7 +126,7 @@ def load_corpus_once(reader_cls, args: argparse.Namespace):
     return corpus
 
 
-def run(args: argparse.Namespace, model_cls, reader_cls, runner_cls) -> dict:
+def run(args: argparse.Namespace, model_cls: type, reader_cls: type, runner_cls: type) -> dict:
     """The ReChorus lifecycle: corpus → model → datasets → train → report dev/test."""
     name = run_name(args, model_cls)
     args.log_file = args.log_file or str(REPO_DIR / 'log' / (args.model_name + args.model_mode) / f'{name}.txt')

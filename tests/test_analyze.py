@@ -22,7 +22,8 @@ from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
 from utils.metrics import ranking_metrics  # noqa: E402
 
-LABELS = ['0 virtual', '1 complement', '2 substitute', '3 category', '4 brand', '5 latent 1', '6 latent 2', '7 latent 3']
+LABELS = ['0 virtual', '1 complement', '2 substitute', '3 category', '4 brand',
+          '5 latent 1', '6 latent 2', '7 latent 3']
 METRICS = [f'{m}@{k}' for k in (5, 10) for m in ('HR', 'NDCG')]
 
 
@@ -233,7 +234,8 @@ def test_ablation(tmp_path):
     rc.write_results(tmp_path / 'ablation.csv', rows)
     out = analyze.run(['ablation', '--csv', str(tmp_path / 'ablation.csv'), '--out_dir', str(tmp_path)])
     summary = pd.read_csv(out['csv']).set_index('variant')
-    assert summary.loc['w/o LRD', 'source_model'] == 'KDA_LRD' and summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29)
+    assert summary.loc['w/o LRD', 'source_model'] == 'KDA_LRD'
+    assert summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29)
     # text fusion without LRD (KDA+TF), in a second CSV, is not the w/o-LRD variant, however good on dev
     rc.write_results(tmp_path / 'fused.csv', [_row('KDA_LRD', ['--include_lrd', '0', '--text_fusion', '1'], seed, 0.8,
                                                    0.8) for seed in (0, 1, 2)])

@@ -96,7 +96,8 @@ def test_grid_expansion_order_and_errors():
     assert points[0] == ['--lr', '1e-3', '--lamda', '0.1']
     assert points[1] == ['--lr', '1e-3', '--lamda', '1']  # the first name varies slowest
     assert points[-1] == ['--lr', '1e-4', '--lamda', '5']
-    assert ex.expand_grid(ex.parse_grid(['lr=1', 'l2=0,1e-6'])) == [['--lr', '1', '--l2', '0'], ['--lr', '1', '--l2', '1e-6']]
+    assert ex.expand_grid(ex.parse_grid(['lr=1', 'l2=0,1e-6'])) == [['--lr', '1', '--l2', '0'],
+                                                                 ['--lr', '1', '--l2', '1e-6']]
     assert ex.expand_grid([]) == [[]]
     for bad in ('lr', 'lr=', 'lr=1,,2', 'lr=1 lr=2', '1x=3'):
         with pytest.raises(ex.SpecError):
@@ -425,7 +426,8 @@ def synthetic_results(path: Path) -> pd.DataFrame:
     argv = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--include_kge', '0', '--random_seed', '0']
     config, values, run_name, _ = ex.normalise(argv)
     spec = ex.RunSpec(argv, 0, 'KDA_LRD', 'Office', config, values, '', run_name)
-    rows.append(ex.result_row(spec, 'ok', results={'dev': {m: 0.9 for m in METRICS}, 'test': {m: 0.9 for m in METRICS}}))
+    results = {'dev': {m: 0.9 for m in METRICS}, 'test': {m: 0.9 for m in METRICS}}
+    rows.append(ex.result_row(spec, 'ok', results=results))
     spec = ex.RunSpec(['--model_name', 'KDA', '--lr', '0.1'], 5, 'KDA', 'Office',
                       {'model_name': 'KDA', 'dataset': 'Office', 'lr': 0.1}, {}, 'boom', '')
     rows.append(ex.result_row(spec, 'failed', error='boom'))

@@ -90,7 +90,8 @@ def test_broken_state_file_is_refused_with_the_way_out(tiny_root, tmp_path):
 
 
 def test_state_path_and_generators():
-    assert train_state.state_path('model/KDA/KDA__Office__0__lr=0.001.pt') == 'model/KDA/KDA__Office__0__lr=0.001.state.pt'
+    run = 'model/KDA/KDA__Office__0__lr=0.001'
+    assert train_state.state_path(run + '.pt') == run + '.state.pt'
     assert train_state.state_path('ckpt') == 'ckpt.state.pt'
 
     class Holder:

@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
@@ -212,8 +213,8 @@ class BaseRunner:
             no_buffer_sync = ({'forward_sync_buffers': False}
                               if 'forward_sync_buffers' in inspect.signature(DistributedDataParallel).parameters
                               else {'broadcast_buffers': False})  # the older name, deprecated in newer torch
-            self._ddp = DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=self.ddp_find_unused,
-                                                **no_buffer_sync)
+            self._ddp = DistributedDataParallel(model, device_ids=device_ids,
+                                                find_unused_parameters=self.ddp_find_unused, **no_buffer_sync)
         return self._ddp
 
     def train(self, data_dict: dict[str, BaseModel.Dataset]) -> None:
@@ -283,7 +284,8 @@ class BaseRunner:
 
         if main_metric_results:
             best_epoch = main_metric_results.index(max(main_metric_results))
-            logging.info(f'\nBest Iter(dev)={best_epoch + 1:>5}\t dev=({metric_utils.format_metrics(dev_results[best_epoch])}) '
+            best_dev = metric_utils.format_metrics(dev_results[best_epoch])
+            logging.info(f'\nBest Iter(dev)={best_epoch + 1:>5}\t dev=({best_dev}) '
                          f'[{self.time[1] - self.time[0]:<.1f} s] ')
             self.best_epoch = best_epoch + 1
         if not distributed:
@@ -422,7 +424,7 @@ class BaseRunner:
         return float(torch.stack(loss_lst).mean().cpu()) if loss_lst else float('nan')
 
     @torch.no_grad()
-    def predict_batches(self, dataset: BaseModel.Dataset):
+    def predict_batches(self, dataset: BaseModel.Dataset) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(batch index array, scores B × C)`` with clicked items masked under full ranking.
 
         Under torchrun it covers this rank's slice of the instances only (``evaluate`` and

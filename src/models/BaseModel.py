@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -21,6 +21,9 @@ from torch.utils.data import Dataset as TorchDataset
 
 from utils.runtime import check_dir
 from utils.sampling import sample_excluding
+
+if TYPE_CHECKING:
+    from helpers.BaseRunner import BaseRunner
 
 
 def batched(method: Callable) -> Callable:
@@ -102,7 +105,7 @@ class BaseModel(nn.Module):
     def actions_after_train(self) -> None:
         pass
 
-    def calibrate(self, runner, dev) -> bool:
+    def calibrate(self, runner: BaseRunner, dev: BaseModel.Dataset) -> bool:
         """Fit post-training parameters on the dev set (e.g. ``--text_fusion``'s weight) before the final
         evaluation; True when something was fitted, so that the checkpoint is saved again with it."""
         return False

@@ -95,9 +95,11 @@ def render() -> str:
     for m in models:
         cls = classes[m]
         logged = ', '.join(f'`{a}`' for a in ['lr', 'l2'] + list(cls.extra_log_args))
-        out += [f'## Model {m}', '', f'Reader: {cls.reader}; runner: {cls.runner}; `{cls.__module__.replace(".", "/")}.py`. '
+        source = cls.__module__.replace('.', '/') + '.py'
+        out += [f'## Model {m}', '', f'Reader: {cls.reader}; runner: {cls.runner}; `{source}`. '
                 f'Run name (log and checkpoint file names): model, dataset, seed, {logged}.', '', _model_table(cls)]
-    out += ['## exp.py', '', 'Sub-commands `run` (the default), `select`, `report`, `table3`, `arg-docs`; see docs/experiments.md.', '']
+    out += ['## exp.py', '',
+            'Sub-commands `run` (the default), `select`, `report`, `table3`, `arg-docs`; see docs/experiments.md.', '']
     sub = next(a for a in exp.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser in sub.choices.items():
         out += [f'### exp.py {name}', '', table([a for a in parser._actions if a.option_strings and a.dest != 'help'])]
@@ -105,5 +107,6 @@ def render() -> str:
             '(heatmap, pairs, case) also take main.py\'s arguments of the model they load.', '']
     sub = next(a for a in analyze.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     for name, parser in sub.choices.items():
-        out += [f'### analyze.py {name}', '', table([a for a in parser._actions if a.option_strings and a.dest != 'help'])]
+        options = [a for a in parser._actions if a.option_strings and a.dest != 'help']
+        out += [f'### analyze.py {name}', '', table(options)]
     return '\n'.join(out).rstrip('\n') + '\n'

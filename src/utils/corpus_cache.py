@@ -16,7 +16,7 @@ from utils.atomic_write import atomic_write
 from utils.runtime import REPO_DIR
 
 
-def reader_arg_names(reader_cls) -> list[str]:
+def reader_arg_names(reader_cls: type) -> list[str]:
     """Names of the arguments a reader's ``parse_data_args`` chain defines."""
     parser = argparse.ArgumentParser(add_help=False)
     reader_cls.parse_data_args(parser)
@@ -36,7 +36,7 @@ def input_files(data_dir: str, dataset: str) -> list[str]:
                   if n in fixed or n.startswith(f'{dataset}.feat.'))
 
 
-def cache_key(reader_cls, args: argparse.Namespace) -> dict:
+def cache_key(reader_cls: type, args: argparse.Namespace) -> dict:
     """Everything that shapes a corpus: reader, its arguments, and the input files' size and mtime."""
     data_dir = os.path.join(args.path, args.dataset)
     files = {}
@@ -59,12 +59,12 @@ def cache_dir(data_dir: str, dataset: str) -> str:
     return os.path.join(REPO_DIR, 'cache', f'{dataset}-{folder_id}')
 
 
-def cache_path(reader_cls, args: argparse.Namespace) -> str:
+def cache_path(reader_cls: type, args: argparse.Namespace) -> str:
     return os.path.join(cache_dir(os.path.join(args.path, args.dataset), args.dataset),
                         reader_cls.__name__ + '.pkl')
 
 
-def load_corpus(reader_cls, args: argparse.Namespace):
+def load_corpus(reader_cls: type, args: argparse.Namespace) -> object:
     """Return the cached corpus when its key matches, otherwise build and cache a fresh one."""
     path = cache_path(reader_cls, args)
     key = cache_key(reader_cls, args)

@@ -173,7 +173,7 @@ def barrier() -> None:
             dist.barrier()
 
 
-def broadcast_object(obj, src: int = 0):
+def broadcast_object(obj: object, src: int = 0) -> object:
     """Rank ``src``'s value of a picklable object, on every rank."""
     if not is_initialized():
         return obj
@@ -182,7 +182,7 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
-def all_gather_object(obj) -> list:
+def all_gather_object(obj: object) -> list:
     """Every rank's value of a picklable object, in rank order (``[obj]`` outside torchrun)."""
     if not is_initialized():
         return [obj]
@@ -191,7 +191,7 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def all_reduce_sum(values) -> np.ndarray:
+def all_reduce_sum(values: np.ndarray | list[float]) -> np.ndarray:
     """Element-wise sum over ranks of a small float vector (float64)."""
     array = np.asarray(values, dtype=np.float64)
     if not is_initialized():

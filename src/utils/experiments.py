@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -458,10 +459,12 @@ class _CsvLock:
             self.path.unlink()
 
 
-def run_specs(specs: list[RunSpec], out_csv: str | os.PathLike, jobs: int = 1, work_dir: str | os.PathLike | None = None,
-              log_dir: str | os.PathLike | None = None, model_dir: str | os.PathLike | None = None,
+def run_specs(specs: list[RunSpec], out_csv: str | os.PathLike, jobs: int = 1,
+              work_dir: str | os.PathLike | None = None, log_dir: str | os.PathLike | None = None,
+              model_dir: str | os.PathLike | None = None,
               child_cmd: list[str] | None = None, timeout: float | None = None, gpus: list[str] | None = None,
-              retry_failed: bool = True, echo=print, poll_s: float = 0.2) -> dict[str, int]:
+              retry_failed: bool = True, echo: Callable[[str], None] = print,
+              poll_s: float = 0.2) -> dict[str, int]:
     """Run every spec the CSV does not hold with status ok; record each as it finishes.
 
     Returns counts ``{'ok', 'failed', 'skipped'}``. Each child gets ``OMP_NUM_THREADS`` = cores / jobs unless

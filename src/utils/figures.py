@@ -28,8 +28,8 @@ def ablation_bars(summary: pd.DataFrame, metrics: list[str], path: str) -> str:
     """
     groups = list(dict.fromkeys(summary['group']))
     variants = list(dict.fromkeys(summary['variant']))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 1.2 + 1.1 * len(variants) * len(groups)) * len(metrics) / 1.5,
-                                                        3.4), squeeze=False)
+    width = max(4.0, 1.2 + 1.1 * len(variants) * len(groups)) * len(metrics) / 1.5
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width, 3.4), squeeze=False)
     width = 0.8 / max(1, len(variants))
     for ax, metric in zip(axes[0], metrics):
         for v_idx, variant in enumerate(variants):

@@ -33,7 +33,8 @@ class MultiHeadAttention(nn.Module):
         if attn_mask is None or attn_mask.dim() <= 2:  # 4-D inputs reach the fused CPU kernel, 5-D do not
             q, k, v = (x.reshape(-1, *x.shape[-3:]) for x in (q, k, v))
         output = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return output.reshape(*origin_shape[:-2], self.h, origin_shape[-2], self.d_k).transpose(-2, -3).reshape(origin_shape)
+        heads = output.reshape(*origin_shape[:-2], self.h, origin_shape[-2], self.d_k)
+        return heads.transpose(-2, -3).reshape(origin_shape)
 
 
 class TransformerLayer(nn.Module):

@@ -46,6 +46,7 @@ with q over every relation, a trained default KDA_LRD on Office put 0.99999994 o
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -56,6 +57,10 @@ from models.BaseModel import batched
 from utils.sampling import sample_excluding
 from utils.text_fusion import TextFusion
 from utils.text_init import text_item_embeddings
+
+if TYPE_CHECKING:
+    from helpers.BaseRunner import BaseRunner
+    from models.BaseModel import BaseModel
 
 LRD_LOG_ARGS = ['latent_relation_num', 'lamda', 'alpha', 'lrd_loss', 'entropy_sign', 'leave_one_latent',
                 'lrd_relations', 'q_balance', 'relation_diversity', 'q_attention', 'text_fusion', 'text_init',
@@ -311,7 +316,7 @@ class LRDModel:
         loss = super().loss(out_dict)
         return loss + self.lrd.lamda * out_dict['lrd_loss'] if 'lrd_loss' in out_dict else loss
 
-    def calibrate(self, runner, dev) -> bool:
+    def calibrate(self, runner: BaseRunner, dev: BaseModel.Dataset) -> bool:
         if self.text_fusion is None:
             return super().calibrate(runner, dev)
         self.text_fusion.calibrate(runner, dev)

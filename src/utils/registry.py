@@ -24,7 +24,7 @@ def available_models() -> list[str]:
     return sorted(n for n in _names('models', recursive=True) if n != 'BaseModel')
 
 
-def _load(kind: str, name: str, table: dict[str, str]):
+def _load(kind: str, name: str, table: dict[str, str]) -> type:
     if name not in table:
         raise SystemExit(f'error: unknown {kind} {name!r}; available: {", ".join(sorted(table))}')
     module = importlib.import_module(table[name])
@@ -33,14 +33,14 @@ def _load(kind: str, name: str, table: dict[str, str]):
     return getattr(module, name)
 
 
-def find_model(name: str):
+def find_model(name: str) -> type:
     table = {n: m for n, m in _names('models', recursive=True).items() if n != 'BaseModel'}
     return _load('model', name, table)
 
 
-def find_reader(name: str):
+def find_reader(name: str) -> type:
     return _load('reader', name, {n: m for n, m in _names('helpers', recursive=False).items() if n.endswith('Reader')})
 
 
-def find_runner(name: str):
+def find_runner(name: str) -> type:
     return _load('runner', name, {n: m for n, m in _names('helpers', recursive=False).items() if n.endswith('Runner')})

@@ -6,6 +6,7 @@ on the seeds both selected configurations have; † marks p ≤ 0.05 and ‡ p �
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,7 +89,7 @@ def backbone_of(model: str) -> str:
     return _parts(model)[0]
 
 
-def model_order(models) -> list[str]:
+def model_order(models: Iterable[str]) -> list[str]:
     """The paper's order, others alphabetically after; each backbone X followed by X_LRD, then its text variants
     (X+TF, X_LRD+TF, ...)."""
     models = list(dict.fromkeys(models))
@@ -115,8 +116,8 @@ def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: 
             runs = rows[(rows['model'] == model) & (rows['dataset'] == dataset) & (rows['config'] == config)]
             seeds = sorted(int(s) for s in runs['seed'])
             values = {m: {int(s): float(v) for s, v in zip(runs['seed'], runs[f'test_{m}'])} for m in metrics}
-            entry = Entry(dataset, model, config, seeds, values,
-                          dev=float(chosen.loc[model, f'{by}_mean']) if f'{by}_mean' in chosen.columns else float('nan'))
+            dev = float(chosen.loc[model, f'{by}_mean']) if f'{by}_mean' in chosen.columns else float('nan')
+            entry = Entry(dataset, model, config, seeds, values, dev=dev)
             for m in metrics:
                 v = np.array(list(values[m].values()), dtype=float)
                 entry.mean[m] = float(v.mean())

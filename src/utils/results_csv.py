@@ -9,6 +9,7 @@ import json
 import math
 import os
 import re
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ def is_metric_column(column: str) -> bool:
     return bool(re.fullmatch(r'(dev|test)_[A-Za-z]+@\d+', column))
 
 
-def order_columns(columns) -> list[str]:
+def order_columns(columns: Iterable[str]) -> list[str]:
     """Fixed columns, then metric columns, then argument columns in alphabetical order."""
     columns = list(dict.fromkeys(columns))
     metrics = sorted((c for c in columns if is_metric_column(c)), key=metric_sort_key)
@@ -100,7 +101,7 @@ def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
-def pool_configs(df: pd.DataFrame, ignore=RESOURCE_ARGS) -> pd.DataFrame:
+def pool_configs(df: pd.DataFrame, ignore: Iterable[str] = RESOURCE_ARGS) -> pd.DataFrame:
     """Configs with the ``ignore`` arguments removed, so that seeds run with different budgets count as one
     configuration; a seed run more than once under the pooled config keeps its latest finished run."""
     if df.empty or not ignore:
@@ -203,7 +204,7 @@ def config_args(config_key: str) -> list[str]:
     return ['--model_name', str(config['model_name']), '--dataset', str(config.get('dataset', ''))] + tokens
 
 
-def short_config(config_key: str, drop=('model_name', 'dataset')) -> str:
+def short_config(config_key: str, drop: Iterable[str] = ('model_name', 'dataset')) -> str:
     """``lr=0.001 lamda=5.0`` rendering of a stored config."""
     try:
         config = json.loads(config_key)

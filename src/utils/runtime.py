@@ -1,6 +1,7 @@
 """Process-level plumbing shared by the entry points: paths, seeding, devices, batches."""
 from __future__ import annotations
 
+import argparse
 import os
 import random
 from pathlib import Path
@@ -22,7 +23,7 @@ def init_seed(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def configure_cpu(args) -> None:
+def configure_cpu(args: argparse.Namespace) -> None:
     """Threads from OMP_NUM_THREADS, and subnormal floats flushed to zero unless ``--flush_denormal 0``.
 
     Subnormals (|x| < 1.2e-38) take a slow microcode path on x86: a few of them in trained weights

@@ -13,6 +13,7 @@ import re
 import shlex
 import time
 from pathlib import Path
+from typing import Callable
 
 from utils import experiments as ex
 from utils.atomic_write import atomic_write
@@ -29,7 +30,8 @@ def protocol_commands(dataset: str, models: tuple[str, ...] | list[str] = PAPER_
     for name in models:
         paper_args = getattr(find_model(name), 'paper_args', '')
         if not paper_args:
-            raise ValueError(f'{name} has no paper_args (its Table-3 protocol); give it one or leave it out of --models')
+            raise ValueError(f'{name} has no paper_args (its Table-3 protocol); '
+                             'give it one or leave it out of --models')
         commands.append(['--model_name', name, '--dataset', dataset] + shlex.split(paper_args))
     return commands
 
@@ -65,7 +67,8 @@ def run_table3(dataset: str, out_csv: str | os.PathLike, results_md: str | os.Pa
                models: tuple[str, ...] | list[str] = PAPER_MODELS, n_seeds: int = 5, seed0: int = 0,
                base: list[str] | None = None, jobs: int = 1, gpus: list[str] | None = None,
                timeout: float | None = None, metrics: tuple[str, ...] = ('HR@5', 'HR@10', 'NDCG@5', 'NDCG@10'),
-               by: str = 'dev_NDCG@5', command: str = '', echo=print, **run_kwargs) -> dict[str, int]:
+               by: str = 'dev_NDCG@5', command: str = '', echo: Callable[[str], None] = print,
+               **run_kwargs: object) -> dict[str, int]:
     """Run (or resume) the protocol runs, then write the table and its provenance into ``results_md``.
 
     Returns run_specs' counts. The table holds the configurations with all ``n_seeds`` seeds; models

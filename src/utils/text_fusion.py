@@ -13,6 +13,7 @@ ranking metric itself.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from utils.metrics import rank_of_truth
+
+if TYPE_CHECKING:
+    from helpers.BaseRunner import BaseRunner
+    from models.BaseModel import BaseModel
 
 BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 
@@ -63,7 +68,7 @@ class TextFusion(nn.Module):
         beta = float(self.beta)  # 0 in every dev evaluation during training: no similarity to compute then
         return fuse(scores, self.similarity(history, candidates), beta) if beta else scores
 
-    def calibrate(self, runner, dataset) -> dict[float, float]:
+    def calibrate(self, runner: BaseRunner, dataset: BaseModel.Dataset) -> dict[float, float]:
         """Set β to the grid value with the best main metric on ``dataset`` (ties: the smaller β); returns the
         metric per β. Under torchrun every rank ranks its slice and all ranks see the gathered metric."""
         self.beta.zero_()  # the model's own scores
