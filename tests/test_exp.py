@@ -162,6 +162,13 @@ def test_paired_ttest_matches_scipy_and_hand_computation():
     assert math.isnan(reports.paired_ttest({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})[1])  # identical: no test
 
 
+def test_improvement_is_over_the_seeds_the_test_pairs():
+    kda = {0: 0.40, 1: 0.50, 2: 0.30, 3: 0.30}  # all-seed mean .375; seeds 0-1 mean .45
+    lrd = {0: 0.45, 1: 0.54}                     # mean .495
+    assert reports.paired_improvement(kda, lrd) == pytest.approx(0.495 / 0.45 - 1)
+    assert reports.paired_improvement({0: 0.4}, {7: 0.5}) == pytest.approx(0.25)  # no common seed: all-seed means
+
+
 def test_significance_marks():
     assert reports.significance_mark(0.0001) == '‡'
     assert reports.significance_mark(0.01) == '‡'
