@@ -386,6 +386,24 @@ def score_pairs(model: BaseModel, pairs: np.ndarray) -> tuple[np.ndarray | None,
     return (q.numpy() if q is not None else None), phi.numpy()
 
 
+def pair_relations(corpus: BaseReader, pairs: np.ndarray) -> np.ndarray:
+    """P × (predefined relations) bools: which known relations link each pair (i, j). Item-item relations (the
+    ``r_`` columns) in either direction; attribute relations when i and j have the same, known value. Column 0
+    (the virtual sequence relation) is False: every observed pair has it."""
+    from utils.sampling import contains
+    i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+    holds = np.zeros((len(pairs), corpus.n_relations), dtype=bool)
+    for r in range(1, corpus.n_relations):
+        if r <= len(corpus.item_relations):
+            rel = np.full(len(i), r, dtype=np.int64)
+            holds[:, r] = contains(corpus.triplet_keys, corpus.triplet_key(i, rel, j)) \
+                | contains(corpus.triplet_keys, corpus.triplet_key(j, rel, i))
+        else:
+            value = corpus.item_val[i, r]
+            holds[:, r] = (value != 0) & (value == corpus.item_val[j, r])
+    return holds
+
+
 class TopK:
     """Running top-n rows per column of streamed score matrices."""
 
@@ -421,6 +439,7 @@ def top_pairs(model: BaseModel, corpus: BaseReader, source: str = 'observed', to
     if has_q:
         top['q'] = TopK(top_n, R)
     usage = {'argmax_q': np.zeros(R), 'sum_q': np.zeros(R), 'argmax_phi': np.zeros(R)}
+    shared = {'q': np.zeros((R, corpus.n_relations)), 'all': np.zeros(corpus.n_relations)}
     n_pairs = 0
     for chunk in chunks:
         if not len(chunk):
@@ -433,7 +452,10 @@ def top_pairs(model: BaseModel, corpus: BaseReader, source: str = 'observed', to
             top['q'].update(q, chunk)
             usage['argmax_q'] += np.bincount(q.argmax(1), minlength=R)
             usage['sum_q'] += q.sum(0)
-    return {'top': top, 'usage': usage, 'n_pairs': n_pairs, 'has_q': has_q}
+            holds = pair_relations(corpus, chunk).astype(np.float64)
+            shared['q'] += q.astype(np.float64).T @ holds
+            shared['all'] += holds.sum(0)
+    return {'top': top, 'usage': usage, 'shared': shared, 'n_pairs': n_pairs, 'has_q': has_q}
 
 
 def cmd_pairs(opts: argparse.Namespace, extra: list[str]) -> dict:
@@ -472,6 +494,9 @@ def cmd_pairs(opts: argparse.Namespace, extra: list[str]) -> dict:
         panels = {'share of pairs, argmax q': usage['share_argmax_q'].to_numpy(),
                   'mean q': usage['mean_q'].to_numpy(), **panels}
     usage.to_csv(stem + '_usage.csv', index=False)
+    shared = shared_relations(found, labels, model.n_predefined_relations)
+    if shared is not None:
+        shared.to_csv(stem + '_shared.csv', index=False)
     figures.relation_usage(labels, panels, model.n_predefined_relations, stem + '.png',
                            title=f'{args.model_name} on {args.dataset}: relations over {found["n_pairs"]:,} '
                                  f'{opts.pair_source} item pairs')
@@ -495,9 +520,31 @@ def cmd_pairs(opts: argparse.Namespace, extra: list[str]) -> dict:
                 show = show.drop(columns='q')
             lines += [f'Top {opts.top_n} {title}:', '', markdown_table(show)]
     lines += ['## Relation usage over all scored pairs', '', markdown_table(usage)]
+    if shared is not None:
+        lines += ['## What the pairs of each relation share', '',
+                  'Of the q mass each relation gets, the share on pairs that a known relation links (item-item '
+                  'relations in either direction; attribute relations: the same known value); the first row is '
+                  'the share of all scored pairs. A relation whose row equals the first row tells those pairs '
+                  'apart no better than chance.', '', markdown_table(shared, floatfmt='.3f')]
     _write(stem + '.md', '\n'.join(lines))
     return {'png': stem + '.png', 'csv': stem + '.csv', 'md': stem + '.md', 'table': table, 'usage': usage,
-            'n_pairs': found['n_pairs']}
+            'shared': shared, 'n_pairs': found['n_pairs']}
+
+
+def shared_relations(found: dict, labels: list[str], n_pre: int) -> pd.DataFrame | None:
+    """Per relation r: Σ q_r · [pair linked by known relation p] / Σ q_r, for each predefined p ≥ 1; first
+    row: the share of all pairs. Why: whether q separates pairs by something the catalogue knows is the
+    plainest test that LRD discovered anything (a q that is the same for every pair gives the first row)."""
+    if not found['has_q'] or n_pre < 2:
+        return None
+    columns = [f'linked by {label}' for label in labels[1:n_pre]]
+    mass = found['usage']['sum_q']
+    rows = np.vstack([found['shared']['all'][None, 1:] / max(found['n_pairs'], 1),
+                      found['shared']['q'][:, 1:] / np.clip(mass[:, None], 1e-12, None)])
+    table = pd.DataFrame(rows, columns=columns)
+    table.insert(0, 'q mass', np.concatenate([[float(found['n_pairs'])], mass]) / max(found['n_pairs'], 1))
+    table.insert(0, 'relation', ['all scored pairs'] + labels)
+    return table
 
 
 # --------------------------------------------------------------------------- case study (Fig. 5)

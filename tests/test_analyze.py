@@ -140,6 +140,35 @@ def test_pairs_top_scores_match_brute_force(trained, tmp_path):
     assert '## Relation 5 latent 1' in md and text_of[table['item_i'].iloc[0]] in md
 
 
+def test_pairs_shared_relations_match_item_meta(trained, tmp_path):
+    out = analyze.run(['pairs', '--out_dir', str(tmp_path), '--pair_source', 'all', '--top_n', '1',
+                       '--chunk_size', '97', *trained['lrd_argv']])
+    meta = pd.read_csv(trained['root'] / 'data' / 'Tiny' / 'item_meta.csv', sep='\t').set_index('item_id')
+    pairs = np.array([(i, j) for i in range(1, 41) for j in range(1, 41) if i != j])
+    linked = {}
+    for column in ('r_complement', 'r_substitute'):
+        lists = {item: set(json.loads(cell)) for item, cell in meta[column].items()}
+        linked[column] = np.array([j in lists[i] or i in lists[j] for i, j in pairs])
+    for column in ('i_category', 'i_brand'):
+        value = meta[column]
+        linked[column] = np.array([value[i] != 0 and value[i] == value[j] for i, j in pairs])
+    holds = np.stack([linked[c] for c in ('r_complement', 'r_substitute', 'i_category', 'i_brand')], axis=1)
+    loaded = analyze.load_trained(trained['lrd_argv'])
+    np.testing.assert_array_equal(analyze.pair_relations(loaded.corpus, pairs)[:, 1:], holds)
+    with torch.no_grad():
+        q = loaded.model.lrd.relation_distribution(torch.tensor(pairs[:, 0]), torch.tensor(pairs[:, 1]))
+    q = q.double().numpy()
+    shared = out['shared']
+    assert list(shared['relation']) == ['all scored pairs'] + LABELS
+    assert list(shared.columns[2:]) == [f'linked by {label}' for label in LABELS[1:5]]
+    np.testing.assert_allclose(shared.iloc[0, 2:].to_numpy(float), holds.mean(0))
+    expected = (q.T @ holds) / q.sum(0)[:, None]
+    np.testing.assert_allclose(shared.iloc[1:, 2:].to_numpy(float), expected, rtol=1e-5)
+    np.testing.assert_allclose(shared['q mass'].to_numpy(float)[1:], q.mean(0), rtol=1e-5)
+    assert '## What the pairs of each relation share' in Path(out['md']).read_text()
+    assert Path(out['md']).with_name(Path(out['md']).stem + '_shared.csv').is_file()
+
+
 def test_pairs_all_and_the_size_guard(trained, tmp_path):
     out = analyze.run(['pairs', '--out_dir', str(tmp_path), '--pair_source', 'all', '--top_n', '2',
                        '--relations', '5,6', *trained['lrd_argv']])
