@@ -390,14 +390,11 @@ def pair_relations(corpus: BaseReader, pairs: np.ndarray) -> np.ndarray:
     """P × (predefined relations) bools: which known relations link each pair (i, j). Item-item relations (the
     ``r_`` columns) in either direction; attribute relations when i and j have the same, known value. Column 0
     (the virtual sequence relation) is False: every observed pair has it."""
-    from utils.sampling import contains
     i, j = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
     holds = np.zeros((len(pairs), corpus.n_relations), dtype=bool)
     for r in range(1, corpus.n_relations):
         if r <= len(corpus.item_relations):
-            rel = np.full(len(i), r, dtype=np.int64)
-            holds[:, r] = contains(corpus.triplet_keys, corpus.triplet_key(i, rel, j)) \
-                | contains(corpus.triplet_keys, corpus.triplet_key(j, rel, i))
+            holds[:, r] = corpus.has_triplets(i, r, j) | corpus.has_triplets(j, r, i)
         else:
             value = corpus.item_val[i, r]
             holds[:, r] = (value != 0) & (value == corpus.item_val[j, r])

@@ -13,7 +13,6 @@ import logging
 import numpy as np
 
 from helpers.KGReader import KGReader
-from utils.sampling import contains
 
 
 class KDAReader(KGReader):
@@ -82,7 +81,7 @@ class KDAReader(KGReader):
         while len(active):
             src = active - lag
             gap = times[active] - times[src]
-            hit = (gap > 0) & contains(self.triplet_keys, self.triplet_key(items[src], relation, items[active]))
+            hit = (gap > 0) & self.has_triplets(items[src], relation, items[active])
             found.append(gap[hit])
             active = active[~hit & (position[active] > lag)]
             lag += 1

@@ -18,7 +18,7 @@ import pandas as pd
 
 from helpers.SeqReader import SeqReader
 from utils import io
-from utils.sampling import sorted_unique
+from utils.sampling import contains, sorted_unique
 
 
 class KGReader(SeqReader):
@@ -126,6 +126,10 @@ class KGReader(SeqReader):
         n = np.int64(self.n_entities)
         return (np.asarray(relations, dtype=np.int64) * n + np.asarray(heads, dtype=np.int64)) * n \
             + np.asarray(tails, dtype=np.int64)
+
+    def has_triplets(self, heads: np.ndarray, relations: np.ndarray | int, tails: np.ndarray) -> np.ndarray:
+        """Whether each (head, relation, tail) is a true triplet of the graph, vectorised."""
+        return contains(self.triplet_keys, self.triplet_key(heads, relations, tails))
 
     def sample_attribute_partners(self, entities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """For each attribute-value entity, a uniformly drawn item that has that value."""
