@@ -179,6 +179,7 @@ def run(args: argparse.Namespace, model_cls: type, reader_cls: type, runner_cls:
     results['best_epoch'] = getattr(runner, 'best_epoch', 0)
     results['epochs'] = runner.epochs_run
     results['stop_reason'] = runner.stop_reason
+    results['train_s'] = round(runner.train_s, 1)
     logging.info('=' * 40 + ' End ' + '=' * 40)
     return results
 

@@ -347,6 +347,8 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
     assert list(cont['seed']) == [0] and int(cont['epochs'][0]) == 3 and cont['stop_reason'][0] == 'max_epoch'
     assert int(cont['resume'][0]) == 1
     assert cont['model_path'][0] == df.loc[df['seed'] == 0, 'model_path'].iloc[0]
+    # train_s counts the first process's epoch too; wall_s is the continuing child's own time
+    assert cont['train_s'][0] > df.loc[df['seed'] == 0, 'train_s'].iloc[0] > 0
     assert 'continuing with epoch 2' in Path(cont['log_file'][0]).read_text()
     pooled = rc.pool_configs(rc.filter_rows(rc.read_many([first, more])))
     assert sorted(pooled['seed']) == [0, 1, 2] and int(pooled.loc[pooled['seed'] == 0, 'epochs'].iloc[0]) == 3

@@ -64,6 +64,8 @@ def test_resumed_run_retraces_the_uninterrupted_one(model, tiny_root, tmp_path):
     for name in a['model']:
         assert torch.equal(a['model'][name], b['model'][name]), name
     assert resumed['epochs'] == straight['epochs'] == 3 and resumed['best_epoch'] == straight['best_epoch']
+    assert resumed['train_s'] > first['train_s'] > 0  # the training time of the first process is carried over
+    assert resumed['train_s'] == round(b['train_s'], 1)
     for split in ('dev', 'test'):
         assert resumed[split] == straight[split]
     assert len(b['rng']) == 1 and 'train.rng' in b['rng'][0]['numpy']  # one process; the sampler's generator
@@ -80,6 +82,7 @@ def test_resume_without_state_trains_from_scratch_and_a_finished_run_is_not_trai
     again = run('SASRec', tiny_root, path, '--epoch', '2', '--resume', '1')
     assert state.stat().st_mtime_ns == before  # no epoch ran
     assert again['epochs'] == 2 and again['stop_reason'] == 'max_epoch' and again['test'] == fresh['test']
+    assert again['train_s'] == fresh['train_s'] > 0  # read back from the state, not the (empty) loop of this call
 
 
 def test_broken_state_file_is_refused_with_the_way_out(tiny_root, tmp_path):

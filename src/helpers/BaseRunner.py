@@ -112,6 +112,7 @@ class BaseRunner:
         self.resume = bool(getattr(args, 'resume', 0))
         self.epochs_run = 0
         self.stop_reason = ''
+        self.train_s = 0.0  # the training loop's seconds, epochs before a --resume included
         self.learning_rate = args.lr
         self.lr_scheduler = args.lr_scheduler
         self.lr_factor, self.lr_patience, self.min_lr = args.lr_factor, args.lr_patience, args.min_lr
@@ -223,7 +224,9 @@ class BaseRunner:
         main_metric_results, dev_results = [], []
         loop_start = self._check_time(start=True)
         self.stop_reason = 'max_epoch'
+        self.train_s = 0.0
         first_epoch = self._resume(model, data_dict, main_metric_results, dev_results) if self.resume else 0
+        train_s_before = self.train_s
         try:
             for epoch in range(first_epoch, self.epoch):
                 self._check_time()
@@ -269,6 +272,7 @@ class BaseRunner:
                     logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
                                  f'(best dev epoch {best}: {state}; --resume 1 continues it).')
                     stop = 'time_budget'
+                self.train_s = train_s_before + time.time() - loop_start
                 self._save_state(model, data_dict, main_metric_results, dev_results,
                                  stop or ('max_epoch' if epoch + 1 == self.epoch else ''))
                 if stop:
@@ -334,7 +338,7 @@ class BaseRunner:
                 'epoch': self.epochs_run, 'model': model.state_dict(), 'optimizer': model.optimizer.state_dict(),
                 'schedulers': [s.state_dict() for s in self._lr_schedulers(model)],
                 'main_metric': list(main_metric_results), 'dev_results': list(dev_results),
-                'stop_reason': stop_reason, 'rng': rngs})
+                'stop_reason': stop_reason, 'rng': rngs, 'train_s': self.train_s})
 
     def _resume(self, model: BaseModel, data_dict: dict[str, BaseModel.Dataset], main_metric_results: list,
                 dev_results: list) -> int:
@@ -355,6 +359,7 @@ class BaseRunner:
             scheduler.load_state_dict(saved)
         main_metric_results.extend(state['main_metric'])
         dev_results.extend(state['dev_results'])
+        self.train_s = float(state.get('train_s', 0.0))  # states written before this field: unknown, counted as 0
         rngs = state['rng']
         rank = dist_utils.get_rank()
         if len(rngs) == dist_utils.get_world_size():

@@ -353,7 +353,7 @@ def result_row(spec: RunSpec, status: str, error: str = '', results: dict | None
     """One CSV row: fixed columns, ``dev_``/``test_`` metrics, and every parsed argument."""
     row = {'run_id': spec.run_id, 'model': spec.model, 'dataset': spec.dataset, 'seed': spec.seed,
            'status': status, 'error': error, 'best_epoch': None, 'epochs': None,
-           'stop_reason': '', 'wall_s': round(wall_s, 2),
+           'stop_reason': '', 'wall_s': round(wall_s, 2), 'train_s': None,
            'finished_at': time.strftime('%Y-%m-%d %H:%M:%S'), 'config': spec.config_key,
            'argv': shlex.join(argv if argv is not None else spec.argv)}
     for name, value in spec.args.items():
@@ -368,6 +368,7 @@ def result_row(spec: RunSpec, status: str, error: str = '', results: dict | None
         row['best_epoch'] = results.get('best_epoch')
         row['epochs'] = results.get('epochs')
         row['stop_reason'] = results.get('stop_reason', '')
+        row['train_s'] = results.get('train_s')
         for split in ('dev', 'test'):
             for metric, value in (results.get(split) or {}).items():
                 row[f'{split}_{metric}'] = value

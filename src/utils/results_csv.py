@@ -18,7 +18,7 @@ from utils.atomic_write import atomic_write
 
 # Leading CSV columns; then dev_/test_ metric columns; then one column per model argument.
 FIXED_COLUMNS = ['run_id', 'model', 'dataset', 'seed', 'status', 'error', 'best_epoch', 'epochs', 'stop_reason',
-                 'wall_s', 'finished_at', 'config', 'argv']
+                 'wall_s', 'train_s', 'finished_at', 'config', 'argv']
 
 
 def metric_sort_key(column: str) -> tuple:
@@ -49,6 +49,9 @@ def read_results(path: str | os.PathLike) -> pd.DataFrame:
     missing = [c for c in ('run_id', 'status', 'model', 'dataset', 'seed') if c not in df.columns]
     if missing:
         raise ValueError(f'{path} is not a results CSV of exp.py: missing columns {missing}')
+    for column in FIXED_COLUMNS:  # CSVs written by an earlier version lack the columns added since
+        if column not in df.columns:
+            df[column] = np.nan
     return df
 
 

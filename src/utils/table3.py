@@ -90,7 +90,8 @@ def run_table3(dataset: str, out_csv: str | os.PathLike, results_md: str | os.Pa
              f'- Runs: {len(specs)} ({len(models)} models × seeds {seed0}..{seed0 + n_seeds - 1}); '
              f'{len(ok)} finished, {int((mine["status"] == "failed").sum())} failed; results in `{out_csv}`.',
              f'- Wall time: {elapsed:.0f} s for this invocation ({counts["ok"] + counts["failed"]} runs); '
-             f'{ok["wall_s"].sum():.0f} s summed over the finished runs.',
+             f'{ok["wall_s"].sum():.0f} s summed over the finished runs '
+             f'({ok["train_s"].sum():.0f} s of training loops, resumed parts included).',
              '- Commands (each once per seed, `--random_seed` added; base arguments: '
              f'`{shlex.join(base or []) or "none"}`):', '', '```']
     lines += ['python src/main.py ' + shlex.join(c) for c in commands]
