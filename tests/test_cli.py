@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'src'))
@@ -100,7 +101,7 @@ def test_rechorus_defaults():
     args = parse('--model_name', 'SASRec')
     assert args.epoch == 200 and args.early_stop == 10
     assert args.lr == 1e-3 and args.l2 == 0
-    assert args.batch_size == 256 and args.eval_batch_size == 256
+    assert args.batch_size == 256 and args.eval_batch_size == 0  # 0: chosen per device by the runner
     assert args.topk == '5,10,20,50' and args.metric == 'NDCG,HR' and args.main_metric == ''
     assert args.optimizer == 'Adam' and args.test_epoch == -1
     assert args.history_max == 20 and args.num_neg == 1 and args.test_all == 0 and args.dropout == 0
@@ -110,6 +111,16 @@ def test_rechorus_defaults():
     runner = BaseRunner(args)
     assert runner.topk == [5, 10, 20, 50] and runner.metrics == ['NDCG', 'HR']
     assert runner.main_metric == 'NDCG@5' and runner.main_topk == 5
+
+
+def test_eval_batch_size_zero_means_256_on_a_gpu_and_32_on_the_cpu():
+    args = parse('--model_name', 'SASRec')
+    for device, size in ((torch.device('cuda', 1), 256), (torch.device('cpu'), 32), (None, 32)):
+        args.device = device
+        assert BaseRunner(args).eval_batch_size == size
+    args = parse('--model_name', 'SASRec', '--eval_batch_size', '100')
+    args.device = torch.device('cuda', 0)
+    assert BaseRunner(args).eval_batch_size == 100  # an explicit size wins
 
 
 def test_main_metric_follows_first_metric_and_k():
