@@ -234,7 +234,6 @@ class BaseRunner:
         main_metric_results, dev_results = [], []
         loop_start = self._check_time(start=True)
         self.stop_reason = 'max_epoch'
-        self.train_s = 0.0
         first_epoch = self._resume(model, data_dict, main_metric_results, dev_results) if self.resume else 0
         train_s_before = self.train_s
         try:
