@@ -281,7 +281,7 @@ class BaseRunner:
                     logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
                                  f'(best dev epoch {best}: {state}; --resume 1 continues it).')
                     stop = 'time_budget'
-                self.train_s = train_s_before + time.time() - loop_start
+                self.train_s = dist_utils.broadcast_object(train_s_before + time.time() - loop_start)  # rank 0's
                 self._save_state(model, data_dict, main_metric_results, dev_results,
                                  stop or ('max_epoch' if epoch + 1 == self.epoch else ''))
                 if stop:
