@@ -234,18 +234,9 @@ def _require_relational(trained: Trained) -> None:
 
 # --------------------------------------------------------------------------- ablation (Fig. 2)
 
-ABLATIONS = {'include_lrd': ('0', 'w/o LRD'), 'include_kge': ('0', 'w/o KGE'), 'lrd_feature': ('id', 'w/o LLM')}
-
-
 def variant_of(row: pd.Series) -> str | None:
-    """'full', 'w/o LRD', 'w/o KGE', 'w/o LLM', or None for rows with several ablations (or other values)."""
-    found = []
-    for column, (value, label) in ABLATIONS.items():
-        if column not in row.index or rc._matches(row[column], rc.VARIANT_DEFAULTS[column]):
-            continue  # default, or a model without this argument
-        if not rc._matches(row[column], value):
-            return None
-        found.append(label)
+    """'full', or the ablation's name ('w/o LRD', 'w/o KGE', 'w/o LLM', 'w/o LRD loss'); None for several."""
+    found = rc.ablations_of(row)
     if len(found) > 1:
         return None
     return found[0] if found else 'full'
@@ -268,7 +259,7 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
     for model in lrd_models:
         for dataset in rows.loc[rows['model'] == model, 'dataset'].unique():
             own = rows[(rows['model'] == model) & (rows['dataset'] == dataset)]
-            parts = {v: own[own['variant'] == v] for v in ('full', 'w/o LLM', 'w/o KGE', 'w/o LRD')}
+            parts = {v: own[own['variant'] == v] for v in ('full', 'w/o LLM', 'w/o KGE', 'w/o LRD loss', 'w/o LRD')}
             sources = dict.fromkeys(parts, model)
             if parts['w/o LRD'].empty:  # the backbone itself is "w/o LRD"
                 sources['w/o LRD'] = model[:-4]
@@ -690,7 +681,7 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
                        where: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cells, curves)``: per (model, dataset, K, λ) the configuration with the best mean ``by`` and its mean
     ``metric``; then the metric vs K averaged over λ and vs λ averaged over K (the paper's Fig. 6)."""
-    rows = rc.filter_rows(df, where)
+    rows = rc.filter_rows(df, where, keep_variants=('lamda',))
     for column in ('latent_relation_num', 'lamda', metric):
         if column not in rows.columns:
             raise ValueError(f'no column {column!r} in the results (needs runs of *_LRD models)')

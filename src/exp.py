@@ -91,7 +91,7 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--where', type=str, action='append', default=[],
                         help='Keep rows with name=value (rows of models without that argument are kept). Repeatable.')
     parser.add_argument('--keep_variants', type=int, default=0,
-                        help='Also consider ablation variants (include_lrd=0, include_kge=0, lrd_feature=id); '
+                        help='Also consider ablation variants (include_lrd=0, include_kge=0, lrd_feature=id, lamda=0); '
                              'by default they are excluded.')
     parser.add_argument('--pool', type=str, default=','.join(rc.RESOURCE_ARGS),
                         help='Arguments left out of a configuration, so that seeds run with different budgets (or '

@@ -243,6 +243,7 @@ def test_ablation(tmp_path):
                  _row('KDA_LRD', ['--lr', '1e-4'], seed, 0.20, 0.50),  # worse on dev: not chosen
                  _row('KDA_LRD', ['--lrd_feature', 'id'], seed, 0.25, 0.32 + seed * 0.01),
                  _row('KDA_LRD', ['--include_kge', '0'], seed, 0.25, 0.31),
+                 _row('KDA_LRD', ['--lamda', '0'], seed, 0.40, 0.36),  # best on dev, but an ablation
                  _row('KDA_LRD', ['--include_kge', '0', '--lrd_feature', 'id'], seed, 0.9, 0.9),  # two ablations
                  _row('KDA', [], seed, 0.22, 0.30)]
     rc.write_results(tmp_path / 'ablation.csv', rows)
@@ -250,12 +251,13 @@ def test_ablation(tmp_path):
     for kind in ('png', 'csv', 'md'):
         assert Path(out[kind]).is_file()
     summary = pd.read_csv(out['csv']).set_index('variant')
-    assert list(summary.index) == ['KDA_LRD', 'w/o LLM', 'w/o KGE', 'w/o LRD']
+    assert list(summary.index) == ['KDA_LRD', 'w/o LLM', 'w/o KGE', 'w/o LRD loss', 'w/o LRD']
     assert summary.loc['KDA_LRD', 'NDCG@5_mean'] == pytest.approx(0.35)
     assert summary.loc['KDA_LRD', 'NDCG@5_std'] == pytest.approx(0.01)
     assert summary.loc['KDA_LRD', 'HR@5_mean'] == pytest.approx(0.45)
     assert summary.loc['w/o LLM', 'NDCG@5_mean'] == pytest.approx(0.33)
     assert summary.loc['w/o KGE', 'NDCG@5_mean'] == pytest.approx(0.31)
+    assert summary.loc['w/o LRD loss', 'NDCG@5_mean'] == pytest.approx(0.36)
     assert summary.loc['w/o LRD', 'source_model'] == 'KDA'  # no --include_lrd 0 runs: the backbone stands in
     assert (summary['n_seeds'] == 3).all()
     # with --include_lrd 0 runs, those are "w/o LRD"
@@ -272,7 +274,7 @@ def test_ablation(tmp_path):
     out = analyze.run(['ablation', '--csv', str(tmp_path / 'runs.csv'), str(tmp_path / 'fused.csv'),
                        '--out_dir', str(tmp_path)])
     summary = pd.read_csv(out['csv']).set_index('variant')
-    assert summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29) and len(summary) == 4
+    assert summary.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.29) and len(summary) == 5
 
 
 def test_sensitivity(tmp_path):
@@ -283,6 +285,10 @@ def test_sensitivity(tmp_path):
             rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', str(lam)], seed, 0.3, test))
             rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', str(lam), '--lr', '1e-4'],
                              seed, 0.1, 0.9))  # worse on dev within the cell
+    for k in (5, 6):  # λ = 0 (no discovery loss) is a point of the λ curve, other ablations are not
+        rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', '0'], 0, 0.3, 0.20))
+        rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', '0', '--include_kge', '0'],
+                         0, 0.9, 0.9))
     rows.append(_row('KDA', [], 0, 0.5, 0.5))  # no K or λ: ignored
     rc.write_results(tmp_path / 'grid.csv', rows)
     out = analyze.run(['sensitivity', '--csv', str(tmp_path / 'grid.csv'), '--out_dir', str(tmp_path)])
@@ -291,7 +297,8 @@ def test_sensitivity(tmp_path):
     curves = pd.read_csv(out['csv'])
     by_k = curves[curves['param'] == 'latent_relation_num'].set_index('value')['mean']
     by_lam = curves[curves['param'] == 'lamda'].set_index('value')['mean']
-    assert by_k[5] == pytest.approx((0.30 + 0.34) / 2) and by_k[6] == pytest.approx((0.32 + 0.38) / 2)
+    assert by_k[5] == pytest.approx((0.20 + 0.30 + 0.34) / 3) and by_k[6] == pytest.approx((0.20 + 0.32 + 0.38) / 3)
     assert by_lam[0.1] == pytest.approx((0.30 + 0.32) / 2) and by_lam[1.0] == pytest.approx((0.34 + 0.38) / 2)
+    assert by_lam[0.0] == pytest.approx(0.20)
     cells = pd.read_csv(Path(out['csv']).with_name('sensitivity_cells.csv'))
-    assert len(cells) == 4 and (cells['n_seeds'] == 2).all()
+    assert len(cells) == 6 and list(cells['n_seeds']) == [1, 2, 2, 1, 2, 2]

@@ -437,6 +437,11 @@ def synthetic_results(path: Path) -> pd.DataFrame:
     spec = ex.RunSpec(argv, 0, 'KDA_LRD', 'Office', config, values, '', run_name)
     results = {'dev': {m: 0.9 for m in METRICS}, 'test': {m: 0.9 for m in METRICS}}
     rows.append(ex.result_row(spec, 'ok', results=results))
+    argv = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--lamda', '0', '--random_seed', '0']  # w/o LRD loss
+    config, values, run_name, _ = ex.normalise(argv)
+    spec = ex.RunSpec(argv, 0, 'KDA_LRD', 'Office', config, values, '', run_name)
+    results = {'dev': {m: 0.85 for m in METRICS}, 'test': {m: 0.85 for m in METRICS}}
+    rows.append(ex.result_row(spec, 'ok', results=results))
     spec = ex.RunSpec(['--model_name', 'KDA', '--lr', '0.1'], 5, 'KDA', 'Office',
                       {'model_name': 'KDA', 'dataset': 'Office', 'lr': 0.1}, {}, 'boom', '')
     rows.append(ex.result_row(spec, 'failed', error='boom'))
@@ -457,6 +462,9 @@ def test_select_uses_mean_dev_metric_never_test(tmp_path, capsys):
     # variants are excluded unless asked for
     with_variants = rc.select_best(rc.filter_rows(df, keep_variants=True), 'dev_NDCG@5')
     assert json.loads(with_variants[with_variants['model'] == 'KDA_LRD']['config'].iloc[0])['include_kge'] == 0
+    asked = rc.select_best(rc.filter_rows(df, where=['lamda=0']), 'dev_NDCG@5')  # asking for an ablation keeps it
+    assert json.loads(asked[asked['model'] == 'KDA_LRD']['config'].iloc[0])['lamda'] == 0
+    assert asked[asked['model'] == 'KDA_LRD']['dev_NDCG@5_mean'].iloc[0] == pytest.approx(0.85)
     assert rc.select_best(rc.filter_rows(df), 'dev_NDCG@5', min_seeds=4).empty
     assert exp.main(['select', '--csv', str(tmp_path / 'r.csv'), '--commands_out', str(tmp_path / 'best.sh')]) == 0
     lines = ex.read_command_file(tmp_path / 'best.sh')
@@ -474,7 +482,7 @@ def test_report_table(tmp_path):
     rows = [line for line in lines if line.startswith('| ')]
     names = [line.split('|')[1].strip() for line in rows]
     assert names[1:5] == ['SASRec', 'KDA', 'KDA_LRD', 'Improv. vs KDA']  # paper order, Improv. under X_LRD
-    ok = df[(df['status'] == 'ok') & df['include_kge'].isin([1.0]) & df['lr'].eq(0.001)]
+    ok = df[(df['status'] == 'ok') & df['include_kge'].isin([1.0]) & df['lr'].eq(0.001) & df['lamda'].ne(0)]
     kda = ok[ok['model'] == 'KDA'].set_index('seed')['test_NDCG@5']
     lrd = ok[ok['model'] == 'KDA_LRD'].set_index('seed')['test_NDCG@5']
     cells = rows[3].split('|')
@@ -485,7 +493,7 @@ def test_report_table(tmp_path):
     mark = '‡' if ref.pvalue <= 0.01 else '†' if ref.pvalue <= 0.05 else ''
     assert mark and improv.strip().endswith(mark) and cells[4].strip().endswith(mark)
     assert '**' in cells[4]  # the best NDCG@5
-    assert '0.9000' not in text  # the ablation variant is not in the table
+    assert '0.9000' not in text and '0.8500' not in text  # the ablation variants are not in the table
     assert r'KDA$_{\mathrm{LRD}}$' in tex.read_text() and r'\textbf' in tex.read_text()
 
 

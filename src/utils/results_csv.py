@@ -9,7 +9,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 import numpy as np
 import pandas as pd
@@ -74,7 +74,11 @@ def write_results(path: str | os.PathLike, rows: list[dict]) -> None:
     atomic_write(path, lambda f: f.write(df.to_csv(index=False).encode()))
 
 
-VARIANT_DEFAULTS = {'include_lrd': 1, 'include_kge': 1, 'lrd_feature': 'llm'}
+# Ablations of an LRD model: the argument, the value that switches a part off, and the name reports give it.
+# ``--lamda 0`` keeps the K extra relation types but never trains them by the discovery loss: it tells the
+# relations' extra capacity apart from what the discovery adds (docs/results.md).
+ABLATIONS = {'include_lrd': ('0', 'w/o LRD'), 'include_kge': ('0', 'w/o KGE'), 'lrd_feature': ('id', 'w/o LLM'),
+             'lamda': ('0', 'w/o LRD loss')}
 # Reports name a model that takes the texts another way by suffixes, in this order: a model of its own, compared
 # with its backbone (KDA_LRD --include_lrd 0 --text_init 1 --text_fusion 1 is "KDA+TI+TF").
 TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
@@ -122,9 +126,19 @@ def pool_configs(df: pd.DataFrame, ignore: Iterable[str] = RESOURCE_ARGS) -> pd.
     return df.drop_duplicates(['model', 'dataset', 'config', 'seed'], keep='last').sort_index()
 
 
+def ablations_of(row: pd.Series) -> list[str]:
+    """Names of the ablations a results row was run with; [] for the full model and for models without them."""
+    return [label for column, (value, label) in ABLATIONS.items()
+            if column in row.index and not _missing(row[column]) and _matches(row[column], value)]
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _matches(value, wanted) -> bool:
     """CSV cell vs a ``--where`` value: numbers compare numerically, the rest as strings."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if _missing(value):
         return True  # a model without this argument is not filtered out
     try:
         return float(value) == float(wanted)
@@ -132,18 +146,20 @@ def _matches(value, wanted) -> bool:
         return str(value) == str(wanted)
 
 
-def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None, keep_variants: bool = False,
-                models: list[str] | None = None, datasets: list[str] | None = None) -> pd.DataFrame:
+def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None,
+                keep_variants: bool | Collection[str] = False, models: list[str] | None = None,
+                datasets: list[str] | None = None) -> pd.DataFrame:
     """Status-ok rows, filtered.
 
     ``where``: ``['name=value', ...]``; a row is dropped when it has a value for ``name`` that differs (rows of
-    models without that argument are kept). Unless ``keep_variants``, ablation variants (``include_lrd=0``,
-    ``include_kge=0``, ``lrd_feature=id``) are dropped, so that "best config of KDA_LRD" means the full model.
+    models without that argument are kept). Ablation variants (:data:`ABLATIONS`) are dropped, so that "best
+    config of KDA_LRD" means the full model, unless ``keep_variants`` is True, names the ablation arguments
+    whose variants stay (the sensitivity analysis keeps ``lamda``: λ = 0 is a point of its curve), or ``where``
+    asks for the argument.
     Runs with ``--text_init``/``--text_fusion`` are named by :func:`label_text_variants` first (``models`` filters
     on those names).
     """
-    out = label_text_variants(df[df['status'] == 'ok'].copy())
-    conditions = dict(VARIANT_DEFAULTS) if not keep_variants else {}
+    conditions = {}
     if isinstance(where, dict):
         conditions.update(where)
     else:
@@ -152,10 +168,18 @@ def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None, keep_va
                 raise ValueError(f'--where {item!r}: expected name=value')
             name, value = item.split('=', 1)
             conditions[name.lstrip('-')] = value
+    out = label_text_variants(df[df['status'] == 'ok'].copy())
+    if keep_variants is not True:
+        kept = set(keep_variants or ()) | set(conditions)  # asking for include_kge=0 asks for that ablation
+        ablated = np.zeros(len(out), dtype=bool)
+        for column, (value, _) in ABLATIONS.items():
+            if column in out.columns and column not in kept:
+                ablated |= np.array([not _missing(v) and _matches(v, value) for v in out[column]], dtype=bool)
+        out = out[~ablated]
     for name, value in conditions.items():
         if name in out.columns:
             out = out[[_matches(v, value) for v in out[name]]]
-        elif name not in VARIANT_DEFAULTS:
+        elif name not in ABLATIONS:
             raise ValueError(f'--where {name}={value}: no column {name!r} in the results')
     if models:
         out = out[out['model'].isin(models)]
