@@ -18,7 +18,7 @@ import argparse
 import os
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -64,12 +64,20 @@ def _model_source(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
+def _pool(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument('--pool', type=str, default=','.join(rc.RESOURCE_ARGS),
+                        help='Arguments left out of a configuration, as in exp.py report: seeds run with different '
+                             "budgets (or data paths, with 'path' added) count as one; '' keeps every argument.")
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog='analyze.py', description=__doc__.split('\n')[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest='command', required=True)
 
-    p = _common(sub.add_parser('ablation', allow_abbrev=False, help='Fig. 2: full model vs w/o LLM, KGE, LRD.'))
+    p = _pool(_common(sub.add_parser('ablation', allow_abbrev=False,
+                                     help='Fig. 2: full model vs w/o LLM, KGE, LRD loss, LRD.')))
     p.add_argument('--csv', type=str, nargs='+', required=True,
                    help='Results CSV(s) of exp.py holding the variants (and the backbone), read as one table.')
     p.add_argument('--by', type=str, default='dev_NDCG@5', help='Dev metric that picks each variant\'s configuration.')
@@ -104,8 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--baseline_args', type=str, default='',
                    help="main.py arguments of the baseline beyond the shared ones, e.g. '--num_layers 5'.")
 
-    p = _common(sub.add_parser('sensitivity', allow_abbrev=False,
-                               help='Fig. 6: metric vs K (averaged over λ) and vs λ (averaged over K).'))
+    p = _pool(_common(sub.add_parser('sensitivity', allow_abbrev=False,
+                                     help='Fig. 6: metric vs K (averaged over λ) and vs λ (averaged over K).')))
     p.add_argument('--csv', type=str, nargs='+', required=True,
                    help='Results CSV(s) of exp.py with a K × λ grid, read as one table.')
     p.add_argument('--metric', type=str, default='test_NDCG@5', help='Plotted metric column.')
@@ -244,13 +252,13 @@ def variant_of(row: pd.Series) -> str | None:
 
 def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str = 'test',
                      models: list[str] | None = None, where: list[str] | None = None,
-                     min_seeds: int = 1) -> pd.DataFrame:
+                     min_seeds: int = 1, pool: Iterable[str] = rc.RESOURCE_ARGS) -> pd.DataFrame:
     """Per (LRD model, dataset, variant): the best configuration by mean ``by`` and its metrics over seeds.
 
     "w/o LRD" comes from the LRD model's ``--include_lrd 0`` runs, or, when there are none, from runs of its
-    backbone (KDA for KDA_LRD).
+    backbone (KDA for KDA_LRD). ``pool``: arguments left out of a configuration (:func:`rc.pool_configs`).
     """
-    rows = rc.filter_rows(df, where, keep_variants=True)
+    rows = rc.pool_configs(rc.filter_rows(df, where, keep_variants=True), pool)
     rows = rows.assign(variant=[variant_of(r) for _, r in rows.iterrows()])
     lrd_models = models or sorted(m for m in rows['model'].unique() if m.endswith('_LRD'))
     if not lrd_models:
@@ -281,10 +289,15 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
     return pd.DataFrame(records)
 
 
+def _pooled(opts: argparse.Namespace) -> list[str]:
+    return [a for a in opts.pool.split(',') if a]
+
+
 def cmd_ablation(opts: argparse.Namespace) -> dict:
     metrics = [m.strip() for m in opts.metrics.split(',') if m.strip()]
     summary = ablation_summary(rc.read_many(opts.csv), opts.by, metrics, opts.split,
-                               [m for m in opts.models.split(',') if m] or None, opts.where, opts.min_seeds)
+                               [m for m in opts.models.split(',') if m] or None, opts.where, opts.min_seeds,
+                               _pooled(opts))
     if summary.empty:
         raise ValueError(f'no finished runs of the variants in {_sources(opts)} (min_seeds={opts.min_seeds})')
     stem = _stem(opts, 'ablation')
@@ -678,10 +691,11 @@ def cmd_case(opts: argparse.Namespace, extra: list[str]) -> dict:
 # --------------------------------------------------------------------------- sensitivity (Fig. 6)
 
 def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str] | None = None,
-                       where: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+                       where: list[str] | None = None,
+                       pool: Iterable[str] = rc.RESOURCE_ARGS) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(cells, curves)``: per (model, dataset, K, λ) the configuration with the best mean ``by`` and its mean
     ``metric``; then the metric vs K averaged over λ and vs λ averaged over K (the paper's Fig. 6)."""
-    rows = rc.filter_rows(df, where, keep_variants=('lamda',))
+    rows = rc.pool_configs(rc.filter_rows(df, where, keep_variants=('lamda',)), pool)
     for column in ('latent_relation_num', 'lamda', metric):
         if column not in rows.columns:
             raise ValueError(f'no column {column!r} in the results (needs runs of *_LRD models)')
@@ -713,7 +727,7 @@ def cmd_sensitivity(opts: argparse.Namespace) -> dict:
     if not opts.metric.startswith(('dev_', 'test_')):
         raise ValueError(f'--metric {opts.metric}: use a dev_ or test_ metric column, e.g. test_NDCG@5')
     cells, curves = sensitivity_tables(rc.read_many(opts.csv), opts.metric, opts.by,
-                                       [m for m in opts.models.split(',') if m] or None, opts.where)
+                                       [m for m in opts.models.split(',') if m] or None, opts.where, _pooled(opts))
     stem = _stem(opts, 'sensitivity')
     curves.to_csv(stem + '.csv', index=False)
     cells.to_csv(stem + '_cells.csv', index=False)

@@ -243,7 +243,7 @@ def test_ablation(tmp_path):
                  _row('KDA_LRD', ['--lr', '1e-4'], seed, 0.20, 0.50),  # worse on dev: not chosen
                  _row('KDA_LRD', ['--lrd_feature', 'id'], seed, 0.25, 0.32 + seed * 0.01),
                  _row('KDA_LRD', ['--include_kge', '0'], seed, 0.25, 0.31),
-                 _row('KDA_LRD', ['--lamda', '0'], seed, 0.40, 0.36),  # best on dev, but an ablation
+                 _row('KDA_LRD', ['--lamda', '0'] + ['--time_budget', '600'] * (seed == 0), seed, 0.40, 0.36),
                  _row('KDA_LRD', ['--include_kge', '0', '--lrd_feature', 'id'], seed, 0.9, 0.9),  # two ablations
                  _row('KDA', [], seed, 0.22, 0.30)]
     rc.write_results(tmp_path / 'ablation.csv', rows)
@@ -259,7 +259,11 @@ def test_ablation(tmp_path):
     assert summary.loc['w/o KGE', 'NDCG@5_mean'] == pytest.approx(0.31)
     assert summary.loc['w/o LRD loss', 'NDCG@5_mean'] == pytest.approx(0.36)
     assert summary.loc['w/o LRD', 'source_model'] == 'KDA'  # no --include_lrd 0 runs: the backbone stands in
-    assert (summary['n_seeds'] == 3).all()
+    assert (summary['n_seeds'] == 3).all()  # the λ = 0 seed run with a time budget pools with the others
+    rc.write_results(tmp_path / 'pool.csv', rows)  # ablation.csv is now the output of the call above
+    unpooled = analyze.run(['ablation', '--csv', str(tmp_path / 'pool.csv'), '--out_dir', str(tmp_path),
+                            '--name', 'unpooled', '--pool', ''])
+    assert pd.read_csv(unpooled['csv']).set_index('variant').loc['w/o LRD loss', 'n_seeds'] < 3
     # with --include_lrd 0 runs, those are "w/o LRD"
     rows += [_row('KDA_LRD', ['--include_lrd', '0'], seed, 0.2, 0.29) for seed in (0, 1)]
     rc.write_results(tmp_path / 'ablation.csv', rows)
