@@ -24,26 +24,30 @@ def _save(fig, path: str) -> str:
 def ablation_bars(summary: pd.DataFrame, metrics: list[str], path: str) -> str:
     """Fig. 2: one panel per metric; groups = model/dataset, bars = variants, error bars = std over seeds.
 
-    ``summary`` has columns ``group``, ``variant``, ``<metric>_mean``, ``<metric>_std``.
+    ``summary`` has columns ``group``, ``variant``, ``<metric>_mean``, ``<metric>_std`` and optionally ``n_seeds``,
+    printed under each bar's value when the bars do not all average the same number of seeds.
     """
     groups = list(dict.fromkeys(summary['group']))
     variants = list(dict.fromkeys(summary['variant']))
+    show_n = 'n_seeds' in summary.columns and summary['n_seeds'].nunique() > 1
     width = max(4.0, 1.2 + 1.1 * len(variants) * len(groups)) * len(metrics) / 1.5
     fig, axes = plt.subplots(1, len(metrics), figsize=(width, 3.4), squeeze=False)
     width = 0.8 / max(1, len(variants))
     for ax, metric in zip(axes[0], metrics):
         for v_idx, variant in enumerate(variants):
             sub = summary[summary['variant'] == variant].set_index('group')
-            xs, means, stds = [], [], []
+            xs, means, stds, labels = [], [], [], []
             for g_idx, group in enumerate(groups):
                 if group in sub.index:
                     xs.append(g_idx + (v_idx - (len(variants) - 1) / 2) * width)
                     means.append(sub.loc[group, f'{metric}_mean'])
                     stds.append(sub.loc[group, f'{metric}_std'])
+                    n = f"\nn={int(sub.loc[group, 'n_seeds'])}" if show_n else ''
+                    labels.append(f'{means[-1]:.3f}{n}')
             bars = ax.bar(xs, means, width * 0.95, yerr=stds, capsize=3, label=variant,
                           color=VARIANT_COLORS[v_idx % len(VARIANT_COLORS)])
-            for bar, mean in zip(bars, means):  # the value at the bar's foot, clear of the error bar
-                ax.annotate(f'{mean:.3f}', (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 4),
+            for bar, label in zip(bars, labels):  # the value at the bar's foot, clear of the error bar
+                ax.annotate(label, (bar.get_x() + bar.get_width() / 2, 0), xytext=(0, 4),
                             textcoords='offset points', ha='center', va='bottom', fontsize=7, color='white')
         ax.set_xticks(range(len(groups)))
         ax.set_xticklabels(groups)
