@@ -289,15 +289,11 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
     return pd.DataFrame(records)
 
 
-def _pooled(opts: argparse.Namespace) -> list[str]:
-    return [a for a in opts.pool.split(',') if a]
-
-
 def cmd_ablation(opts: argparse.Namespace) -> dict:
     metrics = [m.strip() for m in opts.metrics.split(',') if m.strip()]
     summary = ablation_summary(rc.read_many(opts.csv), opts.by, metrics, opts.split,
                                [m for m in opts.models.split(',') if m] or None, opts.where, opts.min_seeds,
-                               _pooled(opts))
+                               rc.parse_pool(opts.pool))
     if summary.empty:
         raise ValueError(f'no finished runs of the variants in {_sources(opts)} (min_seeds={opts.min_seeds})')
     stem = _stem(opts, 'ablation')
@@ -727,7 +723,8 @@ def cmd_sensitivity(opts: argparse.Namespace) -> dict:
     if not opts.metric.startswith(('dev_', 'test_')):
         raise ValueError(f'--metric {opts.metric}: use a dev_ or test_ metric column, e.g. test_NDCG@5')
     cells, curves = sensitivity_tables(rc.read_many(opts.csv), opts.metric, opts.by,
-                                       [m for m in opts.models.split(',') if m] or None, opts.where, _pooled(opts))
+                                       [m for m in opts.models.split(',') if m] or None, opts.where,
+                                       rc.parse_pool(opts.pool))
     stem = _stem(opts, 'sensitivity')
     curves.to_csv(stem + '.csv', index=False)
     cells.to_csv(stem + '_cells.csv', index=False)

@@ -215,7 +215,7 @@ def _selection(args: argparse.Namespace):
     rows = rc.filter_rows(df, args.where, bool(args.keep_variants),
                           models=[m for m in args.models.split(',') if m] or None,
                           datasets=[d for d in args.datasets.split(',') if d] or None)
-    rows = rc.pool_configs(rows, [a for a in args.pool.split(',') if a])
+    rows = rc.pool_configs(rows, rc.parse_pool(args.pool))
     return rows, rc.select_best(rows, args.by, args.min_seeds)
 
 

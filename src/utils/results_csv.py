@@ -108,6 +108,11 @@ def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
     return df
 
 
+def parse_pool(text: str) -> list[str]:
+    """The ``--pool`` option of the reports: comma-separated argument names, '' for none."""
+    return [name for name in text.split(',') if name]
+
+
 def pool_configs(df: pd.DataFrame, ignore: Iterable[str] = RESOURCE_ARGS) -> pd.DataFrame:
     """Configs with the ``ignore`` arguments removed, so that seeds run with different budgets count as one
     configuration; a seed run more than once under the pooled config keeps its latest finished run."""
@@ -129,7 +134,12 @@ def pool_configs(df: pd.DataFrame, ignore: Iterable[str] = RESOURCE_ARGS) -> pd.
 def ablations_of(row: pd.Series) -> list[str]:
     """Names of the ablations a results row was run with; [] for the full model and for models without them."""
     return [label for column, (value, label) in ABLATIONS.items()
-            if column in row.index and not _missing(row[column]) and _matches(row[column], value)]
+            if column in row.index and _is_ablation_value(row[column], value)]
+
+
+def _is_ablation_value(value, ablation_value) -> bool:
+    """A missing cell (a model without the argument) is not an ablation, unlike in :func:`_matches`."""
+    return not _missing(value) and _matches(value, ablation_value)
 
 
 def _missing(value) -> bool:
@@ -174,7 +184,7 @@ def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None,
         ablated = np.zeros(len(out), dtype=bool)
         for column, (value, _) in ABLATIONS.items():
             if column in out.columns and column not in kept:
-                ablated |= np.array([not _missing(v) and _matches(v, value) for v in out[column]], dtype=bool)
+                ablated |= np.array([_is_ablation_value(v, value) for v in out[column]], dtype=bool)
         out = out[~ablated]
     for name, value in conditions.items():
         if name in out.columns:
