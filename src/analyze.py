@@ -687,15 +687,16 @@ def cmd_case(opts: argparse.Namespace, extra: list[str]) -> dict:
 # --------------------------------------------------------------------------- sensitivity (Fig. 6)
 
 def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str] | None = None,
-                       where: list[str] | None = None,
-                       pool: Iterable[str] = rc.RESOURCE_ARGS) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(cells, curves)``: per (model, dataset, K, λ) the configuration with the best mean ``by`` and its mean
-    ``metric``; then the metric vs K averaged over λ and vs λ averaged over K (the paper's Fig. 6)."""
-    rows = rc.pool_configs(rc.filter_rows(df, where, keep_variants=('lamda',)), pool)
+                       where: list[str] | None = None, pool: Iterable[str] = rc.RESOURCE_ARGS
+                       ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """``(cells, curves, backbones)``: per (model, dataset, K, λ) the configuration with the best mean ``by`` and
+    its mean ``metric``; then the metric vs K averaged over λ and vs λ averaged over K (the paper's Fig. 6); and
+    the best configuration of each LRD model's backbone (X for X_LRD) in the same results, the line to beat."""
+    pooled = rc.pool_configs(rc.filter_rows(df, where, keep_variants=('lamda',)), pool)
     for column in ('latent_relation_num', 'lamda', metric):
-        if column not in rows.columns:
+        if column not in pooled.columns:
             raise ValueError(f'no column {column!r} in the results (needs runs of *_LRD models)')
-    rows = rows[rows['latent_relation_num'].notna() & rows['lamda'].notna()]
+    rows = pooled[pooled['latent_relation_num'].notna() & pooled['lamda'].notna()]
     if models:
         rows = rows[rows['model'].isin(models)]
     if rows.empty:
@@ -716,27 +717,40 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
                            'n_cells': len(part),
                            'averaged_over': f'{other} ∈ {{{", ".join(f"{v:g}" for v in sorted(part[other]))}}}'})
     curves = pd.DataFrame(curves).sort_values(['param', 'group', 'value'], kind='stable').reset_index(drop=True)
-    return cells, curves
+    backbones = []
+    for (model, dataset, group), _ in cells.groupby(['model', 'dataset', 'group'], sort=False):
+        base = pooled[(pooled['model'] == model.removesuffix('_LRD')) & (pooled['dataset'] == dataset)]
+        if model.endswith('_LRD') and not base.empty:
+            best = rc.select_best(base, by).iloc[0]
+            backbones.append({'group': group, 'model': best['model'], 'n_seeds': int(best['n_seeds']),
+                              'mean': best[f'{metric}_mean'], 'std': best[f'{metric}_std'],
+                              'config': rc.short_config(best['config'])})
+    return cells, curves, pd.DataFrame(backbones, columns=['group', 'model', 'n_seeds', 'mean', 'std', 'config'])
 
 
 def cmd_sensitivity(opts: argparse.Namespace) -> dict:
     if not opts.metric.startswith(('dev_', 'test_')):
         raise ValueError(f'--metric {opts.metric}: use a dev_ or test_ metric column, e.g. test_NDCG@5')
-    cells, curves = sensitivity_tables(rc.read_many(opts.csv), opts.metric, opts.by,
-                                       [m for m in opts.models.split(',') if m] or None, opts.where,
-                                       rc.parse_pool(opts.pool))
+    cells, curves, backbones = sensitivity_tables(rc.read_many(opts.csv), opts.metric, opts.by,
+                                                  [m for m in opts.models.split(',') if m] or None, opts.where,
+                                                  rc.parse_pool(opts.pool))
     stem = _stem(opts, 'sensitivity')
     curves.to_csv(stem + '.csv', index=False)
     cells.to_csv(stem + '_cells.csv', index=False)
-    figures.sensitivity_lines(curves, opts.metric, stem + '.png')
+    figures.sensitivity_lines(curves, opts.metric, stem + '.png', cells, backbones)
     text = (f'# Hyper-parameter sensitivity ({opts.metric})\n\nSource: `{_sources(opts)}`. Each (K, λ) cell is the '
             f'configuration with the best mean {opts.by} (other hyper-parameters) and its mean {opts.metric} over '
-            'seeds; curves average the cells over the other parameter, as in the paper.\n\n## vs K\n\n'
+            'seeds; curves average the cells over the other parameter, as in the paper. The figure shows the cells '
+            'as faint dots and the backbone (X for X_LRD, its best configuration in the same results) as a dashed '
+            'line.\n\n## vs K\n\n'
             + markdown_table(curves[curves['param'] == 'latent_relation_num'].drop(columns='param'))
             + '\n## vs λ\n\n' + markdown_table(curves[curves['param'] == 'lamda'].drop(columns='param'))
-            + '\n## Cells\n\n' + markdown_table(cells.drop(columns='group')))
+            + '\n## Cells\n\n' + markdown_table(cells.drop(columns='group'))
+            + '\n## Backbone\n\n' + (markdown_table(backbones.drop(columns='group')) if not backbones.empty
+                                        else 'No runs of the backbone in these results.\n'))
     _write(stem + '.md', text)
-    return {'png': stem + '.png', 'csv': stem + '.csv', 'md': stem + '.md', 'cells': cells, 'curves': curves}
+    return {'png': stem + '.png', 'csv': stem + '.csv', 'md': stem + '.md', 'cells': cells, 'curves': curves,
+            'backbones': backbones}
 
 
 # --------------------------------------------------------------------------- entry point

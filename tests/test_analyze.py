@@ -293,7 +293,8 @@ def test_sensitivity(tmp_path):
         rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', '0'], 0, 0.3, 0.20))
         rows.append(_row('KDA_LRD', ['--latent_relation_num', str(k), '--lamda', '0', '--include_kge', '0'],
                          0, 0.9, 0.9))
-    rows.append(_row('KDA', [], 0, 0.5, 0.5))  # no K or λ: ignored
+    rows.append(_row('KDA', [], 0, 0.5, 0.5))  # no K or λ: not a cell, the backbone line
+    rows.append(_row('KDA', ['--lr', '1e-4'], 0, 0.4, 0.7))  # worse on dev: not the backbone's best
     rc.write_results(tmp_path / 'grid.csv', rows)
     out = analyze.run(['sensitivity', '--csv', str(tmp_path / 'grid.csv'), '--out_dir', str(tmp_path)])
     for kind in ('png', 'csv', 'md'):
@@ -306,3 +307,6 @@ def test_sensitivity(tmp_path):
     assert by_lam[0.0] == pytest.approx(0.20)
     cells = pd.read_csv(Path(out['csv']).with_name('sensitivity_cells.csv'))
     assert len(cells) == 6 and list(cells['n_seeds']) == [1, 2, 2, 1, 2, 2]
+    backbone = out['backbones'].set_index('model')
+    assert list(backbone.index) == ['KDA'] and backbone.loc['KDA', 'mean'] == pytest.approx(0.5)
+    assert '## Backbone' in Path(out['md']).read_text() and '1e-4' not in backbone.loc['KDA', 'config']

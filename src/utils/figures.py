@@ -131,10 +131,14 @@ def case_panels(history_labels: list[str], relation_labels: list[str], panels: d
     return _save(fig, path)
 
 
-def sensitivity_lines(curves: pd.DataFrame, metric: str, path: str) -> str:
+def sensitivity_lines(curves: pd.DataFrame, metric: str, path: str, cells: pd.DataFrame | None = None,
+                      backbones: pd.DataFrame | None = None) -> str:
     """Fig. 6: ``metric`` vs K (averaged over λ) and vs λ (averaged over K), one line per model/dataset.
 
-    ``curves`` has columns ``param`` ('latent_relation_num' or 'lamda'), ``value``, ``group``, ``mean``.
+    ``curves`` has columns ``param`` ('latent_relation_num' or 'lamda'), ``value``, ``group``, ``mean``. The
+    ``cells`` (``group``, ``latent_relation_num``, ``lamda``, ``mean``) each curve point averages are drawn as
+    faint dots, so that a reader sees the spread behind a small difference of means; ``backbones`` (``group``,
+    ``model``, ``mean``) as dashed lines: is any setting better than the model without LRD?
     """
     params = [('latent_relation_num', 'K (number of latent relations), averaged over λ'),
               ('lamda', 'λ (weight of the LRD loss), averaged over K')]
@@ -142,12 +146,25 @@ def sensitivity_lines(curves: pd.DataFrame, metric: str, path: str) -> str:
     for ax, (param, label) in zip(axes, params):
         sub = curves[curves['param'] == param]
         for g_idx, (group, rows) in enumerate(sub.groupby('group', sort=False)):
+            color = VARIANT_COLORS[g_idx % len(VARIANT_COLORS)]
             rows = rows.sort_values('value')
-            ax.plot(rows['value'].to_numpy(dtype=float), rows['mean'], marker='o', label=group,
-                    color=VARIANT_COLORS[g_idx % len(VARIANT_COLORS)])
+            ax.plot(rows['value'].to_numpy(dtype=float), rows['mean'], marker='o', label=f'{group} (mean)',
+                    color=color)
+            if cells is not None:
+                own = cells[cells['group'] == group]
+                ax.scatter(own[param].to_numpy(dtype=float), own['mean'], s=12, color=color, alpha=0.35,
+                           label=f'{group} (cells)')
+            if backbones is not None:
+                for _, base in backbones[backbones['group'] == group].iterrows():
+                    ax.axhline(base['mean'], color=color, linestyle='--', linewidth=1,
+                               label=f'{base["model"]} (backbone)')
         values = sub['value'].to_numpy(dtype=float)
         if param == 'lamda' and len(values) and (values > 0).all():
             ax.set_xscale('log')  # the paper's grid 0.1, 1, 5, 10
+        elif param == 'lamda' and len(values) and (values > 0).any():
+            low = values[values > 0].min()
+            ax.set_xscale('symlog', linthresh=low)  # λ = 0 beside the paper's log grid
+            ax.set_xlim(-low / 2, values.max() * 1.6)
         if len(values):
             ticks = np.unique(values)
             ax.set_xticks(ticks)
