@@ -30,7 +30,7 @@ import pandas as pd  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import figures  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
-from utils.reports import markdown_table  # noqa: E402
+from utils.reports import backbone_of, markdown_table  # noqa: E402
 from utils.runtime import REPO_DIR  # noqa: E402
 
 if TYPE_CHECKING:
@@ -270,8 +270,8 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
             parts = {v: own[own['variant'] == v] for v in ('full', 'w/o LLM', 'w/o KGE', 'w/o LRD loss', 'w/o LRD')}
             sources = dict.fromkeys(parts, model)
             if parts['w/o LRD'].empty:  # the backbone itself is "w/o LRD"
-                sources['w/o LRD'] = model[:-4]
-                parts['w/o LRD'] = rows[(rows['model'] == model[:-4]) & (rows['dataset'] == dataset)
+                sources['w/o LRD'] = backbone_of(model)
+                parts['w/o LRD'] = rows[(rows['model'] == backbone_of(model)) & (rows['dataset'] == dataset)
                                         & (rows['variant'] == 'full')]
             for variant, part in parts.items():
                 best = rc.select_best(part, by, min_seeds) if not part.empty else part
@@ -719,8 +719,8 @@ def sensitivity_tables(df: pd.DataFrame, metric: str, by: str, models: list[str]
     curves = pd.DataFrame(curves).sort_values(['param', 'group', 'value'], kind='stable').reset_index(drop=True)
     backbones = []
     for (model, dataset, group), _ in cells.groupby(['model', 'dataset', 'group'], sort=False):
-        base = pooled[(pooled['model'] == model.removesuffix('_LRD')) & (pooled['dataset'] == dataset)]
-        if model.endswith('_LRD') and not base.empty:
+        base = pooled[(pooled['model'] == backbone_of(model)) & (pooled['dataset'] == dataset)]
+        if backbone_of(model) != model and not base.empty:
             best = rc.select_best(base, by).iloc[0]
             backbones.append({'group': group, 'model': best['model'], 'n_seeds': int(best['n_seeds']),
                               'mean': best[f'{metric}_mean'], 'std': best[f'{metric}_std'],
