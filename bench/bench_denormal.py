@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'
 
 import torch  # noqa: E402
 
-from analyze import load_trained  # noqa: E402
+from analysis.trained import load_trained  # noqa: E402
 from utils import metrics as metric_utils  # noqa: E402
 
 SUBNORMAL = torch.finfo(torch.float32).tiny

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
-import analyze  # noqa: E402
+from analysis.trained import Trained, load_trained  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
 from utils.metrics import rank_of_truth, ranking_metrics  # noqa: E402
@@ -44,7 +44,7 @@ from utils.text_encoders import load_feature_file  # noqa: E402
 from utils.text_fusion import BETAS, TextFusion, fuse  # noqa: E402
 
 
-def split_scores(trained: analyze.Trained, split: str, signals: dict[str, np.ndarray],
+def split_scores(trained: Trained, split: str, signals: dict[str, np.ndarray],
                  batch: int = 256) -> dict[str, np.ndarray]:
     """Model scores and each signal's similarity (max cosine to a history item, as ``--text_fusion``
     computes it) for every instance of ``split``."""
@@ -71,7 +71,7 @@ def fused_metrics(model: np.ndarray, signal: np.ndarray, beta: float) -> dict[st
 
 def probe(features_path: str, main_argv: list[str]) -> list[dict]:
     """One JSON row per signal for the checkpoint ``main_argv`` names."""
-    trained = analyze.load_trained(main_argv)
+    trained = load_trained(main_argv)
     text = load_feature_file(features_path, trained.corpus.n_items).astype(np.float32)
     ids = trained.model.entity_embeddings.weight.detach().float().numpy()[:trained.corpus.n_items]
     signals = {'text': text, 'id_embedding': ids}

@@ -16,6 +16,9 @@ sys.path.insert(0, str(REPO / 'src'))
 
 import analyze  # noqa: E402
 import main  # noqa: E402
+from analysis.case import all_ranks, evaluation_dataset, instance  # noqa: E402
+from analysis.pairs import pair_relations  # noqa: E402
+from analysis.trained import load_trained  # noqa: E402
 from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import corpus_cache  # noqa: E402
 from utils import experiments as ex  # noqa: E402
@@ -113,7 +116,7 @@ def test_pairs_top_scores_match_brute_force(trained, tmp_path):
     assert out['n_pairs'] == len(expected)
     pairs = np.array(sorted(expected))
     # q and φ of every observed pair, straight from the checkpoint and the model
-    loaded = analyze.load_trained(trained['lrd_argv'])
+    loaded = load_trained(trained['lrd_argv'])
     with torch.no_grad():
         q = loaded.model.lrd.relation_distribution(torch.tensor(pairs[:, 0]), torch.tensor(pairs[:, 1])).numpy()
     weights = state(trained['root'] / 'lrd.pt')
@@ -153,8 +156,8 @@ def test_pairs_shared_relations_match_item_meta(trained, tmp_path):
         value = meta[column]
         linked[column] = np.array([value[i] != 0 and value[i] == value[j] for i, j in pairs])
     holds = np.stack([linked[c] for c in ('r_complement', 'r_substitute', 'i_category', 'i_brand')], axis=1)
-    loaded = analyze.load_trained(trained['lrd_argv'])
-    np.testing.assert_array_equal(analyze.pair_relations(loaded.corpus, pairs)[:, 1:], holds)
+    loaded = load_trained(trained['lrd_argv'])
+    np.testing.assert_array_equal(pair_relations(loaded.corpus, pairs)[:, 1:], holds)
     with torch.no_grad():
         q = loaded.model.lrd.relation_distribution(torch.tensor(pairs[:, 0]), torch.tensor(pairs[:, 1]))
     q = q.double().numpy()
@@ -191,9 +194,9 @@ def test_case_study(trained, tmp_path):
     scores = out['scores']
     assert scores['target'] == seq[-1] and scores['history'].tolist() == seq[:-1][-20:]
     # numbers equal the model's own attention and q for that instance
-    loaded = analyze.load_trained(trained['lrd_argv'])
-    dataset = analyze.test_dataset(loaded)
-    _, feed = analyze.instance(dataset, user)
+    loaded = load_trained(trained['lrd_argv'])
+    dataset = evaluation_dataset(loaded)
+    _, feed = instance(dataset, user)
     with torch.no_grad():
         attention = loaded.model.relational_attention(feed)[0, 0, :len(seq) - 1].numpy()
         prediction = loaded.model(feed)['prediction'][0].numpy()
@@ -207,7 +210,7 @@ def test_case_study(trained, tmp_path):
     assert f'KDA_LRD ranks the target {scores["rank"]} of 21' in md
     assert f'KDA ranks it {out["baseline_scores"]["rank"]}' in md
     # every test rank together reproduces the test metrics main() reported for this checkpoint
-    ranks = analyze.all_ranks(loaded, dataset)
+    ranks = all_ranks(loaded, dataset)
     metrics = ranking_metrics(ranks, [5, 10], ['HR', 'NDCG'])
     for key in METRICS:
         assert metrics[key] == pytest.approx(trained['lrd_results']['test'][key], abs=1e-9)
@@ -216,11 +219,11 @@ def test_case_study(trained, tmp_path):
 def test_case_study_picks_the_most_improved_user(trained, tmp_path):
     out = analyze.run(['case', '--out_dir', str(tmp_path), '--baseline_path', str(trained['root'] / 'kda.pt'),
                        *trained['lrd_argv']])
-    lrd = analyze.load_trained(trained['lrd_argv'])
-    kda = analyze.load_trained(trained['kda_argv'])
-    d_lrd, d_kda = analyze.test_dataset(lrd), analyze.test_dataset(kda)
-    gain = pd.Series(analyze.all_ranks(kda, d_kda), index=d_kda.data['user_id']) \
-        - pd.Series(analyze.all_ranks(lrd, d_lrd), index=d_lrd.data['user_id'])
+    lrd = load_trained(trained['lrd_argv'])
+    kda = load_trained(trained['kda_argv'])
+    d_lrd, d_kda = evaluation_dataset(lrd), evaluation_dataset(kda)
+    gain = pd.Series(all_ranks(kda, d_kda), index=d_kda.data['user_id']) \
+        - pd.Series(all_ranks(lrd, d_lrd), index=d_lrd.data['user_id'])
     assert gain[out['user']] == gain.max()
     assert Path(out['png']).name == f'case_KDA_LRD_Tiny_u{out["user"]}.png'
 
