@@ -579,6 +579,19 @@ def test_results_table_in_docs_is_what_its_command_writes(argv, tmp_path, monkey
     assert (tmp_path / 'table.md').read_text() == expected.read_text()
 
 
+def test_from_python_example_in_docs_calls_functions_that_exist():
+    """docs/experiments.md's *From Python* example calls only what its imported modules define (it once called
+    filter_rows on the wrong module)."""
+    text = (REPO / 'docs' / 'experiments.md').read_text()
+    code = text.split('## From Python', 1)[1].split('```python\n', 1)[1].split('```', 1)[0]
+    namespace: dict = {}
+    exec(code.splitlines()[0], namespace)  # its import line
+    calls = re.findall(r'\b(\w+)\.(\w+)\(', code)
+    assert len(calls) >= 6
+    for module, name in calls:
+        assert hasattr(namespace[module], name), f'{module}.{name}'
+
+
 # --------------------------------------------------------------------------- arguments reference
 
 def test_arguments_reference_is_generated_and_current():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -532,14 +533,16 @@ def test_text_init_sets_only_the_item_rows_and_then_trains_as_usual(backbone, ti
 
 # --------------------------------------------------------------------------- --include_lrd 0 == backbone
 
-def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2):
+def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2, model_cls: type | None = None):
+    """Losses, dev predictions and final weights of ``model`` (or of ``model_cls`` built with its arguments)."""
     args = parse(model, root, '--batch_size', '16', '--eval_batch_size', '16', '--num_neg', '2', *extra)
     init_seed(args.random_seed)
     corpus = READERS[model](args)
-    net = MODELS[model](args, corpus)
+    model_cls = model_cls or MODELS[model]
+    net = model_cls(args, corpus)
     data = {}
     for phase in ('train', 'dev'):
-        data[phase] = MODELS[model].Dataset(net, corpus, phase)
+        data[phase] = model_cls.Dataset(net, corpus, phase)
         data[phase].prepare()
     runner = BaseRunner(args)
     net.actions_before_train()
@@ -559,6 +562,26 @@ def test_include_lrd_0_is_bit_identical_to_the_backbone(backbone, tiny_root):
         assert torch.equal(plain[2][name], ablated[2][name]), name
     with_lrd = train_trajectory(backbone + '_LRD', tiny_root, epochs=1)
     assert with_lrd[0][0] != plain[0][0]
+
+
+def test_third_backbone_recipe_in_the_docs_trains_like_rcf_lrd(tiny_root, monkeypatch):
+    """docs/lrd.md's recipe for adding LRD to another backbone, run verbatim with RCF standing in for it,
+    trains exactly as RCF_LRD: the documented few lines are all a backbone needs."""
+    text = (REPO / 'docs' / 'lrd.md').read_text()
+    section = text[text.index('## Adding LRD to a third backbone'):]
+    code = section.split('```python\n', 1)[1].split('```', 1)[0]
+    stand_in = types.ModuleType('models.sequential.MyBackbone')
+    stand_in.MyBackbone = type('MyBackbone', (RCF,), {})
+    monkeypatch.setitem(sys.modules, 'models.sequential.MyBackbone', stand_in)
+    namespace: dict = {}
+    exec(compile(code, 'docs/lrd.md', 'exec'), namespace)
+    composed = train_trajectory('RCF_LRD', tiny_root, epochs=1, model_cls=namespace['MyBackbone_LRD'])
+    reference = train_trajectory('RCF_LRD', tiny_root, epochs=1)
+    assert composed[0] == reference[0]
+    np.testing.assert_array_equal(composed[1], reference[1])
+    assert composed[2].keys() == reference[2].keys() and any(k.startswith('lrd.') for k in composed[2])
+    for name in reference[2]:
+        assert torch.equal(composed[2][name], reference[2][name]), name
 
 
 # --------------------------------------------------------------------------- end to end
