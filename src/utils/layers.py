@@ -38,11 +38,14 @@ class MultiHeadAttention(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    """Post-norm transformer block (attention → add & norm → FFN → add & norm)."""
+    """Post-norm transformer block (attention → add & norm → FFN → add & norm); a subclass with another
+    attention sets ``attention_cls`` and calls ``add_and_feed_forward`` on that attention's output."""
+
+    attention_cls: type[MultiHeadAttention] = MultiHeadAttention
 
     def __init__(self, d_model: int, d_ff: int, n_heads: int, dropout: float = 0.0, kq_same: bool = False):
         super().__init__()
-        self.masked_attn_head = MultiHeadAttention(d_model, n_heads, kq_same=kq_same)
+        self.masked_attn_head = self.attention_cls(d_model, n_heads, kq_same=kq_same)
         self.layer_norm1 = nn.LayerNorm(d_model)
         self.dropout1 = nn.Dropout(dropout)
         self.linear1 = nn.Linear(d_model, d_ff)
@@ -51,7 +54,9 @@ class TransformerLayer(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def forward(self, seq: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        context = self.masked_attn_head(seq, seq, seq, mask)
+        return self.add_and_feed_forward(seq, self.masked_attn_head(seq, seq, seq, mask))
+
+    def add_and_feed_forward(self, seq: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         context = self.layer_norm1(self.dropout1(context) + seq)
         output = self.linear2(self.linear1(context).relu())
         return self.layer_norm2(self.dropout2(output) + context)

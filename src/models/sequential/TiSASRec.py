@@ -135,22 +135,11 @@ class TimeIntervalMultiHeadAttention(layers.MultiHeadAttention):
         return output.reshape(bs, seq_len, self.d_model)
 
 
-class TimeIntervalTransformerLayer(nn.Module):
-    """Post-norm block like ``layers.TransformerLayer``, around the interval-aware attention."""
+class TimeIntervalTransformerLayer(layers.TransformerLayer):
+    """``layers.TransformerLayer`` around the interval-aware attention."""
 
-    def __init__(self, d_model: int, d_ff: int, n_heads: int, dropout: float, kq_same: bool = False):
-        super().__init__()
-        self.masked_attn_head = TimeIntervalMultiHeadAttention(d_model, n_heads, kq_same=kq_same)
-        self.layer_norm1 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.linear1 = nn.Linear(d_model, d_ff)
-        self.linear2 = nn.Linear(d_ff, d_model)
-        self.layer_norm2 = nn.LayerNorm(d_model)
-        self.dropout2 = nn.Dropout(dropout)
+    attention_cls = TimeIntervalMultiHeadAttention
 
     def forward(self, seq: torch.Tensor, pos_k: torch.Tensor, pos_v: torch.Tensor, inter_k: torch.Tensor,
                 inter_v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        context = self.masked_attn_head(seq, pos_k, pos_v, inter_k, inter_v, mask)
-        context = self.layer_norm1(self.dropout1(context) + seq)
-        output = self.linear2(self.linear1(context).relu())
-        return self.layer_norm2(self.dropout2(output) + context)
+        return self.add_and_feed_forward(seq, self.masked_attn_head(seq, pos_k, pos_v, inter_k, inter_v, mask))
