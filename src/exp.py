@@ -30,6 +30,12 @@ from utils import results_csv as rc  # noqa: E402
 SUBCOMMANDS = ('run', 'select', 'report', 'table3', 'arg-docs')
 
 
+def add_progress_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument('--progress_s', type=float, default=300,
+                        help="Seconds between progress lines, one per running run: its epoch, time per epoch and "
+                             "dev metric so far, read from the run's stdout (0 = none).")
+
+
 def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--commands', type=str, action='append', default=[],
                         help='Command file: one "python src/main.py ARGS" (or bare ARGS) per line, # comments, '
@@ -74,6 +80,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              'unless the arguments set --model_path.')
     parser.add_argument('--timeout', type=float, default=0,
                         help='Seconds after which a run is killed and recorded as failed (0 = no limit).')
+    add_progress_arg(parser)
     parser.add_argument('--retry_failed', type=int, default=1,
                         help='Rerun runs the CSV records as failed (1) or leave them (0).')
     parser.add_argument('--dry_run', type=int, default=0,
@@ -129,6 +136,7 @@ def add_table3_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--gpus', type=str, default='',
                         help='GPU ids handed round robin to the job slots (as exp.py run).')
     parser.add_argument('--timeout', type=float, default=0, help='Seconds after which a run is killed (0 = no limit).')
+    add_progress_arg(parser)
     parser.add_argument('--out', type=str, default='',
                         help='Results CSV, created or resumed (default: results/<dataset>_table3.csv).')
     parser.add_argument('--results_md', type=str, default='docs/results.md',
@@ -201,7 +209,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     counts = ex.run_specs(specs, args.out, jobs=args.jobs, work_dir=args.work_dir or None,
                           log_dir=args.log_dir or None, model_dir=args.model_dir or None,
                           timeout=args.timeout or None, gpus=[g for g in args.gpus.split(',') if g] or None,
-                          retry_failed=bool(args.retry_failed))
+                          retry_failed=bool(args.retry_failed), progress_s=args.progress_s)
     print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {args.out}')
     return 1 if counts['failed'] else 0
 
@@ -273,7 +281,7 @@ def cmd_table3(args: argparse.Namespace) -> int:
                         n_seeds=args.n_seeds, seed0=args.seed0, base=shlex.split(args.base), jobs=args.jobs,
                         gpus=[g for g in args.gpus.split(',') if g] or None, timeout=args.timeout or None,
                         metrics=tuple(m.strip() for m in args.metrics.split(',') if m.strip()), by=args.by,
-                        command='python src/exp.py ' + shlex.join(sys.argv[1:]))
+                        command='python src/exp.py ' + shlex.join(sys.argv[1:]), progress_s=args.progress_s)
     print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {out}')
     return 1 if counts['failed'] else 0
 

@@ -24,6 +24,7 @@ from utils import arg_docs, corpus_cache, reports  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
 from utils import train_state  # noqa: E402
+from utils.run_progress import epoch_progress  # noqa: E402
 
 METRICS = [f'{m}@{k}' for k in (5, 10, 20, 50) for m in ('HR', 'NDCG')]
 
@@ -43,6 +44,10 @@ if args.get('--optimizer') == 'Crash':
     sys.exit(1)
 if args.get('--optimizer') == 'Sleep':
     time.sleep(60)
+if args.get('--optimizer') == 'Epochs':  # two epochs as the runner logs them, the second not a new best
+    print('Epoch 1     loss=0.5819 [33.0 s, data 0.2 s]    dev=(NDCG@5:0.2500,HR@5:0.3000) [73.4 s] *', flush=True)
+    print('Epoch 2     loss=0.5204 [29.5 s, data 0.2 s]    dev=(NDCG@5:0.2000,HR@5:0.2900) [67.0 s]', flush=True)
+    time.sleep(1.5)
 base = float(args.get('--lr', 1e-3)) * 10 + float(args.get('--lamda', 1)) / 100 + int(args['--random_seed']) / 1000
 metrics = {f'{m}@{k}': base + k / 1000 + (0.001 if m == 'HR' else 0) for k in (5, 10, 20, 50) for m in ('NDCG', 'HR')}
 with open(result, 'w') as f:
@@ -281,6 +286,35 @@ def test_timeout_kills_and_records(tmp_path, fake_child):
     df = pd.read_csv(tmp_path / 'r.csv', keep_default_na=False)
     slow = df[df['optimizer'] == 'Sleep'].iloc[0]
     assert slow['status'] == 'failed' and slow['error'].startswith('timed out after 1.5 s') and slow['wall_s'] < 30
+
+
+def test_progress_line_from_the_runners_epoch_lines():
+    log = ('Namespace(...)\n'
+           'Epoch 4     loss=0.58 [33.0 s, data 0.2 s]    dev=(NDCG@5:0.1000,HR@5:0.2000) [73.4 s] *\n'
+           '            LRD q over 307,659 pairs: mean max 0.599\n'
+           'Epoch 5     loss=0.52 [29.5 s, data 0.2 s]    dev=(NDCG@5:0.1200,HR@5:0.2100) [67.0 s] *\n'
+           'Epoch 6     loss=0.50 [29.5 s, data 0.2 s]    dev=(NDCG@5:0.1100,HR@5:0.2300) [67.0 s]\n')
+    # a resumed log starting at epoch 4: 3 epochs in 9 minutes
+    assert epoch_progress(log, 540) == 'epoch 6 (3.0 min each), dev NDCG@5 0.1100, best 0.1200 at 5'
+    assert epoch_progress(log.replace(' *', ''), 540) == 'epoch 6 (3.0 min each), dev NDCG@5 0.1100'
+    assert epoch_progress('Namespace(...)\nLoad corpus\n', 30) == ''
+
+
+def test_running_runs_report_progress(tmp_path, fake_child):
+    child, _ = fake_child
+    lines = []
+    specs = ex.build_specs([['--model_name', 'SASRec', '--optimizer', 'Epochs']])
+    counts = ex.run_specs(specs, tmp_path / 'r.csv', child_cmd=child, work_dir=tmp_path / 'work',
+                          log_dir=tmp_path / 'log', model_dir=tmp_path / 'model', echo=lines.append, poll_s=0.02,
+                          progress_s=0.5)
+    assert counts['ok'] == 1
+    progress = [line for line in lines if line.lstrip().startswith('running ')]
+    assert progress and progress[-1].startswith(f'    running {specs[0].run_id}: ')
+    assert progress[-1].endswith('min each), dev NDCG@5 0.2000, best 0.2500 at 1')
+    quiet = []
+    ex.run_specs(specs, tmp_path / 'q.csv', child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log',
+                 model_dir=tmp_path / 'model', echo=quiet.append, poll_s=0.02, progress_s=0)
+    assert not [line for line in quiet if 'running ' in line]
 
 
 @pytest.fixture

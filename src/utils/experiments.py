@@ -44,6 +44,7 @@ import pandas as pd
 from utils import train_state
 from utils.atomic_write import atomic_write
 from utils.results_csv import read_results, write_results
+from utils.run_progress import epoch_progress
 from utils.runtime import REPO_DIR, SRC_DIR
 
 # Arguments that never change a run's numbers: left out of the run key (they still get CSV columns).
@@ -465,12 +466,13 @@ def run_specs(specs: list[RunSpec], out_csv: str | os.PathLike, jobs: int = 1,
               model_dir: str | os.PathLike | None = None,
               child_cmd: list[str] | None = None, timeout: float | None = None, gpus: list[str] | None = None,
               retry_failed: bool = True, echo: Callable[[str], None] = print,
-              poll_s: float = 0.2) -> dict[str, int]:
+              poll_s: float = 0.2, progress_s: float = 300.0) -> dict[str, int]:
     """Run every spec the CSV does not hold with status ok; record each as it finishes.
 
     Returns counts ``{'ok', 'failed', 'skipped'}``. Each child gets ``OMP_NUM_THREADS`` = cores / jobs unless
     the environment sets it, ``TQDM_DISABLE=1``, and with ``gpus`` a ``CUDA_VISIBLE_DEVICES`` of its own
     (round robin over the job slots). Ctrl-C terminates the running children and keeps what finished.
+    Every ``progress_s`` seconds (0: never) one line per running run says its epoch and dev metric.
     """
     out_csv = Path(out_csv)
     work_dir = Path(work_dir) if work_dir else out_csv.with_name(out_csv.stem + '_runs')
@@ -516,8 +518,13 @@ def run_specs(specs: list[RunSpec], out_csv: str | os.PathLike, jobs: int = 1,
         env_base.setdefault('OMP_NUM_THREADS', str(default_threads(jobs)))
         running: list[_Running] = []
         previous = _raise_on_sigterm()
+        last_progress = time.time()
         try:
             while queue or running:
+                if progress_s and running and time.time() - last_progress >= progress_s:
+                    last_progress = time.time()
+                    for job in running:
+                        echo(_progress(job))
                 free = sorted(set(range(jobs)) - {r.slot for r in running})
                 while queue and free:
                     running.append(_launch(queue.pop(0), free.pop(0), work_dir, log_dir, model_dir, child_cmd,
@@ -585,6 +592,14 @@ def _launch(spec: RunSpec, slot: int, work_dir: Path, log_dir: Path, model_dir: 
         proc = subprocess.Popen(child_cmd + [str(result)] + argv, stdout=out, stderr=err, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     return _Running(spec, proc, slot, time.time(), result, stderr, argv)
+
+
+def _progress(job: _Running) -> str:
+    elapsed = time.time() - job.started
+    stdout = job.stderr.with_suffix('.stdout')
+    text = stdout.read_text(errors='replace') if stdout.exists() else ''
+    return f'    running {job.spec.run_id}: {elapsed / 60:.0f} min' + \
+        (f', {progress}' if (progress := epoch_progress(text, elapsed)) else '')
 
 
 def _finish(job: _Running, wall_s: float, timed_out: float | None = None) -> dict:
