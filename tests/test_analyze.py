@@ -5,6 +5,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -18,11 +19,12 @@ import analyze  # noqa: E402
 import main  # noqa: E402
 from analysis.case import all_ranks, evaluation_dataset, instance  # noqa: E402
 from analysis.pairs import pair_relations  # noqa: E402
-from analysis.trained import load_trained  # noqa: E402
+from analysis.trained import item_texts, load_trained  # noqa: E402
 from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import corpus_cache  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
+from utils.io import DataFormatError  # noqa: E402
 from utils.metrics import ranking_metrics  # noqa: E402
 
 LABELS = ['0 virtual', '1 complement', '2 substitute', '3 category', '4 brand',
@@ -237,6 +239,19 @@ def _row(model: str, args: list[str], seed: int, dev: float, test: float) -> dic
     spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
     return ex.result_row(spec, 'ok', results={'dev': {m: dev for m in METRICS},
                                               'test': {m: test + (0.1 if m.startswith('HR') else 0) for m in METRICS}})
+
+
+def test_item_texts_fall_back_to_ids_only_without_text_files(tmp_path):
+    folder = make_tiny_dataset(tmp_path, n_users=5, n_items=10, n_neg=3)
+    corpus = SimpleNamespace(data_dir=str(folder), dataset='Tiny', n_items=11)
+    texts = item_texts(corpus)
+    assert len(texts) == 11 and texts[0] == '' and all(texts[1:])
+    mapping = folder / 'Tiny.item2index'
+    mapping.write_text(mapping.read_text().replace('\t1\n', '\tone\n'))
+    with pytest.raises(DataFormatError, match='Tiny.item2index'):
+        item_texts(corpus)
+    (folder / 'Tiny.text').unlink()
+    assert item_texts(corpus) == [f'item {i}' for i in range(11)]
 
 
 def test_ablation(tmp_path):

@@ -92,11 +92,12 @@ def relation_labels(model: BaseModel, corpus: BaseReader) -> list[str]:
 
 
 def item_texts(corpus: BaseReader) -> list[str]:
-    """Item texts by id when the dataset has them (any reader), else ids as text."""
+    """Item texts by id when the dataset has them (any reader), else ids as text; a text file that is there but
+    malformed is an error, not a silent fallback to ids."""
     from helpers.LRDReader import LRDReader
     try:
         return LRDReader.item_texts(corpus, 'empty')
-    except Exception:  # no <Dataset>.text / .item2index
+    except FileNotFoundError:  # no <Dataset>.text / .item2index
         return [f'item {i}' for i in range(corpus.n_items)]
 
 
