@@ -211,6 +211,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                           timeout=args.timeout or None, gpus=[g for g in args.gpus.split(',') if g] or None,
                           retry_failed=bool(args.retry_failed), progress_s=args.progress_s)
     print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {args.out}')
+    rows = rc.read_results(args.out)
+    stopped = rows[rows['run_id'].isin({s.run_id for s in specs}) & (rows['status'] == 'ok')
+                   & (rows['stop_reason'].fillna('') == 'time_budget')] if 'stop_reason' in rows else rows[:0]
+    if len(stopped):
+        print(f'{len(stopped)} run(s) stopped by --time_budget before early stopping, so their metrics are lower '
+              f"bounds; continue them from their last epoch: python src/exp.py run --resume_runs {args.out} --base "
+              "'--time_budget SECONDS'")
     return 1 if counts['failed'] else 0
 
 

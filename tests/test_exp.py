@@ -364,7 +364,7 @@ def train_seeds(out: Path, n_seeds: int, base: str) -> tuple[Path, pd.DataFrame]
 
 
 def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_path, tiny_outside_repo,
-                                                                           monkeypatch):
+                                                                           monkeypatch, capsys):
     """exp.py run --resume_runs: runs that did not stop early continue on their own checkpoint path; an
     early-stopped run and a run without a state file are left alone; reports keep the continued run."""
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
@@ -372,6 +372,8 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
     first, df = train_seeds(tmp_path / 'first.csv', 3, f'--model_name SASRec --dataset {tiny_outside_repo} --path '
                             f"{tmp_path / 'data'} --epoch 3 --time_budget 0.001 --gpu '' --batch_size 64 --emb_size 8")
     assert (df['stop_reason'] == 'time_budget').all() and (df['epochs'] == 1).all()
+    assert (f'3 run(s) stopped by --time_budget before early stopping, so their metrics are lower bounds; continue '
+            f'them from their last epoch: python src/exp.py run --resume_runs {first} ') in capsys.readouterr().out
     df.loc[df['seed'] == 2, 'stop_reason'] = 'early_stop'  # converged: never continued
     rc.write_results(first, df.to_dict('records'))
     Path(train_state.state_path(df.loc[df['seed'] == 1, 'model_path'].iloc[0])).unlink()
