@@ -101,6 +101,16 @@ def test_model_from_results_csv(trained, tmp_path):
     assert Path(out['png']).name == 'from_csv.png'
     expected = cosine(state(trained['root'] / 'lrd.pt')['relation_embeddings.weight'])
     np.testing.assert_allclose(out['similarity'], expected, atol=1e-9)
+    # an ablation run (here the same checkpoint recorded as w/o KGE) is taken only when --where asks for it
+    spec, = ex.build_specs([argv[:i] + argv[i + 2:] + ['--include_kge', '0']])
+    row = ex.result_row(spec, 'ok', results=trained['lrd_results'], argv=spec.argv + argv[i:i + 2])
+    rc.write_results(tmp_path / 'ablation.csv', [row])
+    heatmap = ['heatmap', '--csv', str(tmp_path / 'ablation.csv'), '--model_name', 'KDA_LRD',
+               '--out_dir', str(tmp_path)]
+    with pytest.raises(ValueError, match='its ablation runs are taken only when asked for: --where include_kge=0$'):
+        analyze.run(heatmap)
+    out = analyze.run(heatmap + ['--where', 'include_kge=0'])
+    np.testing.assert_allclose(out['similarity'], expected, atol=1e-9)
 
 
 def test_pairs_top_scores_match_brute_force(trained, tmp_path):

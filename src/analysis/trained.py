@@ -50,10 +50,16 @@ def load_trained(main_argv: list[str], model_path: str | None = None, strict: bo
 def argv_from_csv(csv: str, model_name: str, dataset: str | None, by: str, seed: int | None,
                   where: list[str] | None = None, min_seeds: int = 1) -> list[str]:
     """main.py arguments (checkpoint included) of the best configuration of ``model_name`` in a results CSV."""
-    rows = rc.filter_rows(rc.read_results(csv), where, models=[model_name], datasets=[dataset] if dataset else None)
+    results = rc.read_results(csv)
+    datasets = [dataset] if dataset else None
+    rows = rc.filter_rows(results, where, models=[model_name], datasets=datasets)
     best = rc.select_best(rows, by, min_seeds)
     if best.empty:
-        raise ValueError(f'no finished {model_name} runs in {csv}' + (f' on {dataset}' if dataset else ''))
+        ablated = rc.filter_rows(results, where, keep_variants=True, models=[model_name], datasets=datasets)
+        where_of = {label: f'--where {column}={value}' for column, (value, label) in rc.ABLATIONS.items()}
+        asks = sorted({where_of[label] for _, row in ablated.iterrows() for label in rc.ablations_of(row)})
+        raise ValueError(f'no finished {model_name} runs in {csv}' + (f' on {dataset}' if dataset else '')
+                         + (f'; its ablation runs are taken only when asked for: {" or ".join(asks)}' if asks else ''))
     if len(best) > 1:
         raise ValueError(f'{csv} has {model_name} runs on several datasets ({", ".join(best["dataset"])}): '
                          'pick one with --dataset')
