@@ -39,6 +39,7 @@ def all_ranks(trained: Trained, dataset: BaseModel.Dataset, batch: int = 256) ->
 
 
 def instance(dataset: BaseModel.Dataset, user_id: int) -> tuple[int, dict]:
+    """Row index and feed dict of ``user_id``'s test instance (its target in candidate column 0)."""
     rows = np.flatnonzero(dataset.data['user_id'] == user_id)
     if not len(rows):
         raise ValueError(f'user {user_id} has no test instance (test users: 1..{dataset.corpus.n_users - 1})')
@@ -68,6 +69,8 @@ def case_scores(trained: Trained, feed: dict) -> dict:
 
 
 def baseline_argv(opts: argparse.Namespace, trained: Trained) -> list[str] | None:
+    """main.py arguments of the model without LRD to compare with: ``--baseline_path`` with the LRD model's
+    arguments, else the best backbone run of ``--csv``; None when neither is given."""
     name = opts.baseline_model_name or (trained.args.model_name[:-4] if trained.args.model_name.endswith('_LRD')
                                         else '')
     if not opts.baseline_path:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 
 def relation_similarity(model: BaseModel) -> np.ndarray:
+    """Cosine similarity of every pair of relation embeddings, R × R (float64)."""
     weight = model.relation_embeddings.weight.detach().cpu().double().numpy()
     unit = weight / np.clip(np.linalg.norm(weight, axis=1, keepdims=True), 1e-12, None)
     return unit @ unit.T

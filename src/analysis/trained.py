@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 @dataclass
 class Trained:
+    """A checkpoint's model in eval mode, with its corpus and the arguments that built it."""
+
     model: BaseModel
     corpus: BaseReader
     args: argparse.Namespace
@@ -72,6 +74,7 @@ def argv_from_csv(csv: str, model_name: str, dataset: str | None, by: str, seed:
 
 
 def trained_from_cli(opts: argparse.Namespace, extra: list[str]) -> Trained:
+    """The model a sub-command names: main.py arguments in ``extra``, or the best run of ``--csv``."""
     model_name = ex.peek_arg(extra, 'model_name')
     if opts.csv:
         if not model_name:
@@ -108,6 +111,7 @@ def item_texts(corpus: BaseReader) -> list[str]:
 
 
 def require_relational(trained: Trained) -> None:
+    """Refuse models without relation embeddings (the figures are about relations)."""
     for attr in ('relation_embeddings', 'entity_embeddings', 'n_predefined_relations', 'relation_num'):
         if not hasattr(trained.model, attr):
             raise ValueError(f'{trained.args.model_name} is not a relation-aware model (no {attr}); '
