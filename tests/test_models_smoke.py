@@ -231,6 +231,27 @@ def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, t
         assert f'Learning rate {before} -> {after} after epoch {epoch}' in log
 
 
+@pytest.mark.parametrize('dev, stop_epoch, warned', [([.08, .07, .07, .07], 3, True),
+                                                     ([.10, .20, .30, .20], 4, False)])
+def test_early_stop_on_the_first_epochs_warns_of_the_plateau(dev, stop_epoch, warned, tiny_root, tmp_path,
+                                                            monkeypatch):
+    """--early_stop 2: a best dev value at epoch 1 then nothing better is flagged; a best at epoch 3 is not."""
+    from helpers.BaseRunner import BaseRunner
+    dev_values, original = iter(dev), BaseRunner.evaluate
+
+    def evaluate(self, dataset, topks, metrics):
+        if topks == [self.main_topk]:
+            value = next(dev_values)
+            return {'NDCG@5': value, 'HR@5': value}
+        return original(self, dataset, topks, metrics)
+    monkeypatch.setattr(BaseRunner, 'evaluate', evaluate)
+    results = run_main('SASRec', tiny_root, tmp_path, '--epoch', '10', '--early_stop', '2')
+    assert (results['epochs'], results['stop_reason']) == (stop_epoch, 'early_stop')
+    log = (tmp_path / 'log' / 'SASRec.txt').read_text()
+    assert ('The best dev NDCG@5 (0.0800) came at epoch 1, within the first --early_stop 2 epochs' in log) == warned
+    assert ('start-up plateau' in log) == warned
+
+
 def test_without_scheduler_the_rate_stays(tiny_root, tmp_path):
     run_main('SASRec', tiny_root, tmp_path, '--epoch', '3', '--early_stop', '0')
     assert 'Learning rate' not in (tmp_path / 'log' / 'SASRec.txt').read_text()
