@@ -213,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {args.out}')
     rows = rc.read_results(args.out)
     stopped = rows[rows['run_id'].isin({s.run_id for s in specs}) & (rows['status'] == 'ok')
-                   & (rows['stop_reason'].fillna('') == 'time_budget')] if 'stop_reason' in rows else rows[:0]
+                   & (rows['stop_reason'] == 'time_budget')]
     if len(stopped):
         print(f'{len(stopped)} run(s) stopped by --time_budget before early stopping, so their metrics are lower '
               f"bounds; continue them from their last epoch: python src/exp.py run --resume_runs {args.out} --base "

@@ -276,7 +276,7 @@ class BaseRunner:
                     self._warn_if_never_improved(main_metric_results)
                 elif epoch + 1 < self.epoch and dist_utils.broadcast_object(
                         self._out_of_time(loop_start, epoch + 1 - first_epoch)):
-                    best = main_metric_results.index(max(main_metric_results)) + 1
+                    best = self.best_epoch_of(main_metric_results)
                     state = ('still improving, not converged' if best == epoch + 1
                              else 'early stopping had not triggered')
                     logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
@@ -297,11 +297,10 @@ class BaseRunner:
             self.stop_reason = 'interrupted'
 
         if main_metric_results:
-            best_epoch = main_metric_results.index(max(main_metric_results))
-            best_dev = metric_utils.format_metrics(dev_results[best_epoch])
-            logging.info(f'\nBest Iter(dev)={best_epoch + 1:>5}\t dev=({best_dev}) '
+            self.best_epoch = self.best_epoch_of(main_metric_results)
+            best_dev = metric_utils.format_metrics(dev_results[self.best_epoch - 1])
+            logging.info(f'\nBest Iter(dev)={self.best_epoch:>5}\t dev=({best_dev}) '
                          f'[{self.time[1] - self.time[0]:<.1f} s] ')
-            self.best_epoch = best_epoch + 1
         if not distributed:
             if os.path.exists(model.model_path):
                 model.load_model()
@@ -380,7 +379,7 @@ class BaseRunner:
             logging.warning(f'--resume 1: the state was saved by {len(rngs)} processes, this run has '
                             f'{dist_utils.get_world_size()}; continuing with fresh random generators.')
         self.epochs_run, saved_reason = int(state['epoch']), str(state['stop_reason'])
-        best = main_metric_results.index(max(main_metric_results)) + 1 if main_metric_results else 0
+        best = self.best_epoch_of(main_metric_results)
         done = self.epochs_run >= self.epoch or bool(self.early_stop > 0 and main_metric_results
                                                      and self.eval_termination(main_metric_results))
         logging.info(f'--resume 1: {path} after epoch {self.epochs_run} (best dev epoch {best}, stopped by '
@@ -402,7 +401,7 @@ class BaseRunner:
     def _warn_if_never_improved(self, criterion: list[float]) -> None:
         """Early stopping right after the first epochs often means the run never left the start-up plateau of the
         relational models (docs/results.md): its metrics are then near chance, not a converged result."""
-        best = criterion.index(max(criterion)) + 1
+        best = self.best_epoch_of(criterion)
         if best <= self.early_stop:
             logging.warning(f'The best dev {self.main_metric} ({max(criterion):.4f}) came at epoch {best}, within the '
                             f'first --early_stop {self.early_stop} epochs. If that is near chance (a random order of '
@@ -410,12 +409,17 @@ class BaseRunner:
                             'not at convergence: rerun it with another --random_seed, or with --early_stop 0 and a '
                             '--time_budget.')
 
+    @staticmethod
+    def best_epoch_of(criterion: list[float]) -> int:
+        """1-based epoch of the best dev value (the first on ties); 0 before any epoch."""
+        return criterion.index(max(criterion)) + 1 if criterion else 0
+
     def eval_termination(self, criterion: list[float]) -> bool:
         """ReChorus' rule: stop after ``early_stop`` non-increasing epochs or as many without a new best."""
         tail = criterion[-self.early_stop:]
         if len(criterion) > self.early_stop and all(a >= b for a, b in zip(tail, tail[1:])):
             return True
-        return len(criterion) - criterion.index(max(criterion)) > self.early_stop
+        return len(criterion) - self.best_epoch_of(criterion) >= self.early_stop
 
     def fit(self, dataset: BaseModel.Dataset, epoch: int = -1) -> float:
         """One epoch; returns the mean batch loss (over all ranks' batches under torchrun)."""

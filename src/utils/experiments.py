@@ -431,6 +431,7 @@ class _Running:
     slot: int
     started: float
     result: Path
+    stdout: Path
     stderr: Path
     argv: list[str]
 
@@ -580,24 +581,23 @@ def _launch(spec: RunSpec, slot: int, work_dir: Path, log_dir: Path, model_dir: 
     if trains and '--resume' not in argv and os.path.isfile(train_state.state_path(peek_arg(argv, 'model_path'))):
         argv += ['--resume', '1']  # an earlier attempt (interrupted, timed out, crashed) continues from its last epoch
     result = work_dir / f'{spec.run_id}.json'
-    stderr = work_dir / f'{spec.run_id}.stderr'
+    stdout, stderr = work_dir / f'{spec.run_id}.stdout', work_dir / f'{spec.run_id}.stderr'
     with contextlib.suppress(FileNotFoundError):
         result.unlink()
     env = dict(env_base)
     if gpus:
         env['CUDA_VISIBLE_DEVICES'] = str(gpus[slot % len(gpus)])
-    with open(stderr, 'wb') as err, open(work_dir / f'{spec.run_id}.stdout', 'wb') as out:
+    with open(stderr, 'wb') as err, open(stdout, 'wb') as out:
         # own session: a Ctrl-C in the terminal reaches exp.py only (main.py would catch it and report a
         # half-trained model as finished); exp.py then terminates the children itself
         proc = subprocess.Popen(child_cmd + [str(result)] + argv, stdout=out, stderr=err, env=env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    return _Running(spec, proc, slot, time.time(), result, stderr, argv)
+    return _Running(spec, proc, slot, time.time(), result, stdout, stderr, argv)
 
 
 def _progress(job: _Running) -> str:
     elapsed = time.time() - job.started
-    stdout = job.stderr.with_suffix('.stdout')
-    text = stdout.read_text(errors='replace') if stdout.exists() else ''
+    text = job.stdout.read_text(errors='replace') if job.stdout.exists() else ''
     return f'    running {job.spec.run_id}: {elapsed / 60:.0f} min' + \
         (f', {progress}' if (progress := epoch_progress(text, elapsed)) else '')
 
