@@ -68,8 +68,10 @@ def fake_child(tmp_path, monkeypatch):
 
 
 def run_quiet(specs, out, child, tmp_path, **kw):
+    """run_specs with the fake child, folders in tmp_path and fast polling; its lines go to ``echo`` (default: none)."""
+    kw.setdefault('echo', lambda *a: None)
     return ex.run_specs(specs, out, child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log',
-                        model_dir=tmp_path / 'model', echo=lambda *a: None, poll_s=0.02, **kw)
+                        model_dir=tmp_path / 'model', poll_s=0.02, **kw)
 
 
 # --------------------------------------------------------------------------- command files and grids
@@ -304,16 +306,13 @@ def test_running_runs_report_progress(tmp_path, fake_child):
     child, _ = fake_child
     lines = []
     specs = ex.build_specs([['--model_name', 'SASRec', '--optimizer', 'Epochs']])
-    counts = ex.run_specs(specs, tmp_path / 'r.csv', child_cmd=child, work_dir=tmp_path / 'work',
-                          log_dir=tmp_path / 'log', model_dir=tmp_path / 'model', echo=lines.append, poll_s=0.02,
-                          progress_s=0.5)
+    counts = run_quiet(specs, tmp_path / 'r.csv', child, tmp_path, echo=lines.append, progress_s=0.5)
     assert counts['ok'] == 1
     progress = [line for line in lines if line.lstrip().startswith('running ')]
     assert progress and progress[-1].startswith(f'    running {specs[0].run_id}: ')
     assert progress[-1].endswith('min each), dev NDCG@5 0.2000, best 0.2500 at 1')
     quiet = []
-    ex.run_specs(specs, tmp_path / 'q.csv', child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log',
-                 model_dir=tmp_path / 'model', echo=quiet.append, poll_s=0.02, progress_s=0)
+    run_quiet(specs, tmp_path / 'q.csv', child, tmp_path, echo=quiet.append, progress_s=0)
     assert not [line for line in quiet if 'running ' in line]
 
 

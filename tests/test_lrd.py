@@ -551,15 +551,20 @@ def train_trajectory(model: str, root: Path, *extra: str, epochs: int = 2, model
     return losses, predictions, net.state_dict()
 
 
+def assert_same_training(a, b) -> None:
+    """Two train_trajectory results are bit-identical: losses per epoch, dev predictions, every weight."""
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    assert a[2].keys() == b[2].keys()
+    for name in a[2]:
+        assert torch.equal(a[2][name], b[2][name]), name
+
+
 @pytest.mark.parametrize('backbone', ['KDA', 'RCF'])
 def test_include_lrd_0_is_bit_identical_to_the_backbone(backbone, tiny_root):
     plain = train_trajectory(backbone, tiny_root)
     ablated = train_trajectory(backbone + '_LRD', tiny_root, '--include_lrd', '0')
-    assert plain[0] == ablated[0]  # loss per epoch, exactly
-    np.testing.assert_array_equal(plain[1], ablated[1])
-    assert plain[2].keys() == ablated[2].keys()
-    for name in plain[2]:
-        assert torch.equal(plain[2][name], ablated[2][name]), name
+    assert_same_training(plain, ablated)
     with_lrd = train_trajectory(backbone + '_LRD', tiny_root, epochs=1)
     assert with_lrd[0][0] != plain[0][0]
 
@@ -577,11 +582,8 @@ def test_third_backbone_recipe_in_the_docs_trains_like_rcf_lrd(tiny_root, monkey
     exec(compile(code, 'docs/lrd.md', 'exec'), namespace)
     composed = train_trajectory('RCF_LRD', tiny_root, epochs=1, model_cls=namespace['MyBackbone_LRD'])
     reference = train_trajectory('RCF_LRD', tiny_root, epochs=1)
-    assert composed[0] == reference[0]
-    np.testing.assert_array_equal(composed[1], reference[1])
-    assert composed[2].keys() == reference[2].keys() and any(k.startswith('lrd.') for k in composed[2])
-    for name in reference[2]:
-        assert torch.equal(composed[2][name], reference[2][name]), name
+    assert any(k.startswith('lrd.') for k in composed[2])
+    assert_same_training(composed, reference)
 
 
 # --------------------------------------------------------------------------- end to end

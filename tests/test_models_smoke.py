@@ -212,10 +212,10 @@ def test_without_budget_the_epoch_limit_ends_training(tiny_root, tmp_path):
     assert (results['epochs'], results['stop_reason']) == (2, 'max_epoch')
 
 
-def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, tmp_path, monkeypatch):
-    """Dev NDCG@5 .5, .4, .3, .2 with patience 0: the rate halves after epochs 2, 3 and 4."""
+def script_dev_metric(monkeypatch, values: list[float]) -> None:
+    """The loop's per-epoch dev check returns ``values`` in turn (NDCG@5 = HR@5); final evaluations are real."""
     from helpers.BaseRunner import BaseRunner
-    dev_values, original = iter([0.5, 0.4, 0.3, 0.2]), BaseRunner.evaluate
+    dev_values, original = iter(values), BaseRunner.evaluate
 
     def evaluate(self, dataset, topks, metrics):
         if topks == [self.main_topk]:  # the per-epoch dev check of the training loop
@@ -223,6 +223,11 @@ def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, t
             return {'NDCG@5': value, 'HR@5': value}
         return original(self, dataset, topks, metrics)
     monkeypatch.setattr(BaseRunner, 'evaluate', evaluate)
+
+
+def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, tmp_path, monkeypatch):
+    """Dev NDCG@5 .5, .4, .3, .2 with patience 0: the rate halves after epochs 2, 3 and 4."""
+    script_dev_metric(monkeypatch, [0.5, 0.4, 0.3, 0.2])
     run_main('SASRec', tiny_root, tmp_path, '--epoch', '4', '--early_stop', '0', '--lr', '1e-3',
              '--lr_scheduler', 'plateau', '--lr_patience', '0', '--lr_factor', '0.5')
     log = (tmp_path / 'log' / 'SASRec.txt').read_text()
@@ -236,15 +241,7 @@ def test_plateau_scheduler_halves_the_rate_when_dev_stops_improving(tiny_root, t
 def test_early_stop_on_the_first_epochs_warns_of_the_plateau(dev, stop_epoch, warned, tiny_root, tmp_path,
                                                             monkeypatch):
     """--early_stop 2: a best dev value at epoch 1 then nothing better is flagged; a best at epoch 3 is not."""
-    from helpers.BaseRunner import BaseRunner
-    dev_values, original = iter(dev), BaseRunner.evaluate
-
-    def evaluate(self, dataset, topks, metrics):
-        if topks == [self.main_topk]:
-            value = next(dev_values)
-            return {'NDCG@5': value, 'HR@5': value}
-        return original(self, dataset, topks, metrics)
-    monkeypatch.setattr(BaseRunner, 'evaluate', evaluate)
+    script_dev_metric(monkeypatch, dev)
     results = run_main('SASRec', tiny_root, tmp_path, '--epoch', '10', '--early_stop', '2')
     assert (results['epochs'], results['stop_reason']) == (stop_epoch, 'early_stop')
     log = (tmp_path / 'log' / 'SASRec.txt').read_text()
