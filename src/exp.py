@@ -212,12 +212,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                           retry_failed=bool(args.retry_failed), progress_s=args.progress_s)
     print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {args.out}')
     rows = rc.read_results(args.out)
-    stopped = rows[rows['run_id'].isin({s.run_id for s in specs}) & (rows['status'] == 'ok')
-                   & (rows['stop_reason'] == 'time_budget')]
-    if len(stopped):
-        print(f'{len(stopped)} run(s) stopped by --time_budget before early stopping, so their metrics are lower '
-              f"bounds; continue them from their last epoch: python src/exp.py run --resume_runs {args.out} --base "
-              "'--time_budget SECONDS'")
+    rows = rows[rows['run_id'].isin({s.run_id for s in specs}) & (rows['status'] == 'ok')]
+    caveats = rc.stop_caveats(rows)
+    if (caveats == 'budget').any():
+        print(f'{(caveats == "budget").sum()} run(s) stopped by --time_budget before early stopping, so their metrics '
+              f"are lower bounds; continue them from their last epoch: python src/exp.py run --resume_runs {args.out} "
+              "--base '--time_budget SECONDS'")
+    if (caveats == 'plateau').any():
+        print(f'{(caveats == "plateau").sum()} run(s) early-stopped with their best dev epoch within the first '
+              f'--early_stop epochs ({", ".join(rows.loc[caveats == "plateau", "run_id"])}): probably on the start-up '
+              'plateau, not converged; rerun those seeds with a larger --early_stop (or --early_stop 0 and a '
+              '--time_budget): on the CPU the same arguments stop the same way again')
     return 1 if counts['failed'] else 0
 
 

@@ -29,7 +29,8 @@ from utils.run_progress import epoch_progress  # noqa: E402
 METRICS = [f'{m}@{k}' for k in (5, 10, 20, 50) for m in ('HR', 'NDCG')]
 
 # A stand-in for the child process: records its arguments, writes metrics that depend on lr, lamda and the
-# seed, and crashes like a Python traceback for --optimizer Crash.
+# seed, crashes like a Python traceback for --optimizer Crash, and stops at best epoch 3 by early stopping
+# (--optimizer Plateau) or by its budget (--optimizer Budget).
 FAKE_CHILD = r'''
 import json, os, sys, time
 result, argv = sys.argv[1], sys.argv[2:]
@@ -51,7 +52,8 @@ if args.get('--optimizer') == 'Epochs':  # two epochs as the runner logs them, t
 base = float(args.get('--lr', 1e-3)) * 10 + float(args.get('--lamda', 1)) / 100 + int(args['--random_seed']) / 1000
 metrics = {f'{m}@{k}': base + k / 1000 + (0.001 if m == 'HR' else 0) for k in (5, 10, 20, 50) for m in ('NDCG', 'HR')}
 with open(result, 'w') as f:
-    json.dump({'dev': metrics, 'test': {k: v + 0.0001 for k, v in metrics.items()}, 'best_epoch': 3}, f)
+    json.dump({'dev': metrics, 'test': {k: v + 0.0001 for k, v in metrics.items()}, 'best_epoch': 3,
+               'stop_reason': {'Plateau': 'early_stop', 'Budget': 'time_budget'}.get(args.get('--optimizer'), '')}, f)
 '''
 
 
@@ -257,6 +259,20 @@ def test_resume_skips_finished_runs_and_retries_failed(tmp_path, fake_child):
     # a third identical call runs nothing
     assert run_quiet(grown, out, child, tmp_path) == {'ok': 0, 'failed': 0, 'skipped': 9}
     assert len(calls()) == 10
+
+
+def test_run_ends_with_what_to_do_about_unconverged_runs(tmp_path, fake_child, monkeypatch, capsys):
+    child, _ = fake_child
+    monkeypatch.setattr(ex, 'child_command', lambda: child)
+    out = tmp_path / 'r.csv'
+    assert exp.main(['run', '--base', '--model_name SASRec --dataset Office', '--grid', 'optimizer=Plateau,Budget,Adam',
+                     '--n_seeds', '1', '--out', str(out), '--work_dir', str(tmp_path / 'work'),
+                     '--log_dir', str(tmp_path / 'log'), '--model_dir', str(tmp_path / 'model')]) == 0
+    text = capsys.readouterr().out
+    plateau = rc.read_results(out).query('optimizer == "Plateau"')['run_id'].item()
+    assert (f'1 run(s) early-stopped with their best dev epoch within the first --early_stop epochs ({plateau}): '
+            in text)
+    assert '1 run(s) stopped by --time_budget before early stopping' in text
 
 
 def test_failures_are_recorded_and_the_grid_continues(tmp_path, fake_child):
@@ -530,6 +546,30 @@ def test_report_table(tmp_path):
     assert '**' in cells[4]  # the best NDCG@5
     assert '0.9000' not in text and '0.8500' not in text  # the ablation variants are not in the table
     assert r'KDA$_{\mathrm{LRD}}$' in tex.read_text() and r'\textbf' in tex.read_text()
+
+
+def test_report_marks_seeds_stopped_by_budget_or_on_the_plateau(tmp_path):
+    """A budget-stopped run is a lower bound and an early stop with the best epoch within --early_stop is probably
+    the start-up plateau: the table says which seeds, instead of averaging them in silently."""
+    rows = []
+    cases = {0: ('early_stop', 40, []), 1: ('time_budget', 26, []), 2: ('early_stop', 3, []),
+             3: ('max_epoch', 3, ['--early_stop', '0']), 4: ('early_stop', 12, ['--early_stop', '12'])}
+    for seed, (reason, best, extra) in cases.items():
+        argv = ['--model_name', 'KDA', '--dataset', 'Office', '--random_seed', str(seed)] + extra
+        config, values, run_name, _ = ex.normalise(argv)
+        spec = ex.RunSpec(argv, seed, 'KDA', 'Office', config, values, '', run_name)
+        results = {'dev': {m: 0.3 for m in METRICS}, 'test': {m: 0.3 for m in METRICS}, 'best_epoch': best,
+                   'stop_reason': reason}
+        rows.append(ex.result_row(spec, 'ok', results=results))
+    rc.write_results(tmp_path / 'r.csv', rows)
+    df = rc.read_results(tmp_path / 'r.csv')
+    assert list(rc.stop_caveats(df)) == ['', 'budget', 'plateau', '', 'plateau']
+    md = tmp_path / 'table.md'
+    assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md), '--pool', 'early_stop']) == 0
+    text = md.read_text()
+    kda = next(line for line in text.splitlines() if line.startswith('| KDA |'))
+    assert kda.endswith('| 5 (budget: seed 1; plateau: seeds 2, 4) |')
+    assert f'*budget*: {rc.CAVEATS["budget"]}; *plateau*: {rc.CAVEATS["plateau"]}.' in text
 
 
 def fusion_results(tmp_path: Path) -> list[Path]:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.results_csv import TEXT_VARIANTS, short_config
+from utils.results_csv import CAVEATS, TEXT_VARIANTS, short_config, stop_caveats
 
 PAPER_ORDER = ['Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD']
 DAGGER, DOUBLE_DAGGER = '†', '‡'
@@ -82,6 +82,7 @@ class Entry:
     t: dict[str, float] = field(default_factory=dict)
     p: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
+    caveats: dict[str, list[int]] = field(default_factory=dict)  # CAVEATS key → seeds whose run it applies to
 
 
 def _parts(model: str) -> tuple[str, bool, tuple[bool, ...]]:
@@ -128,6 +129,9 @@ def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: 
             values = {m: {int(s): float(v) for s, v in zip(runs['seed'], runs[f'test_{m}'])} for m in metrics}
             dev = float(chosen.loc[model, f'{by}_mean']) if f'{by}_mean' in chosen.columns else float('nan')
             entry = Entry(dataset, model, config, seeds, values, dev=dev)
+            for seed, caveat in zip(runs['seed'], stop_caveats(runs)):
+                if caveat:
+                    entry.caveats.setdefault(caveat, []).append(int(seed))
             for m in metrics:
                 v = np.array(list(values[m].values()), dtype=float)
                 entry.mean[m] = float(v.mean())
@@ -177,6 +181,13 @@ def _best_means(entries: list[Entry], metrics: list[str]) -> dict[tuple[str, str
     return best
 
 
+def _caveat_note(entry: Entry) -> str:
+    """`` (budget: seeds 1, 3)`` for the seeds cell; '' when every run of the entry converged."""
+    parts = [f'{c}: seed{"s" if len(entry.caveats[c]) > 1 else ""} {", ".join(map(str, sorted(entry.caveats[c])))}'
+             for c in CAVEATS if c in entry.caveats]
+    return f' ({"; ".join(parts)})' if parts else ''
+
+
 def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
                     source: str = '', level: int = 1) -> str:
     """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
@@ -203,11 +214,14 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
                 if np.isclose(e.mean[m], best[(dataset, m)]):
                     text = f'**{text}**'
                 cells.append(text + significance_mark(e.p.get(m, float('nan'))))
-            out.append(f'| {e.model} | ' + ' | '.join(cells) + f' | {len(e.seeds)} |')
+            out.append(f'| {e.model} | ' + ' | '.join(cells) + f' | {len(e.seeds)}{_caveat_note(e)} |')
             if e.baseline:
                 cells = [f'{e.improv[m]:+.2%} (p={_fmt_p(e.p[m])}){significance_mark(e.p[m])}' for m in metrics]
                 out.append(f'| Improv. vs {e.baseline} | ' + ' | '.join(cells) + f' | {e.n_pairs} paired |')
         out.append('')
+    used = [c for c in CAVEATS if any(c in e.caveats for e in entries)]
+    if used:
+        out += ['Seeds marked ' + '; '.join(f'*{c}*: {CAVEATS[c]}' for c in used) + '.', '']
     out += [f'{sub} Selected configurations', '',
             '| Dataset | Model | seeds | ' + f'{by} (mean) | arguments (non-default) |', '|---|---|---|---:|---|']
     for e in entries:

@@ -86,6 +86,24 @@ TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
 RESOURCE_ARGS = ('time_budget', 'load', 'train', 'resume')
 
 
+# Why a finished run's test metrics may not be a converged result; reports count such runs per cell.
+CAVEATS = {'budget': 'the run was stopped by --time_budget before early stopping: its metrics are a lower bound',
+           'plateau': 'the run early-stopped with its best dev epoch within the first --early_stop epochs: it '
+                      'probably never left the start-up plateau (docs/results.md), so its metrics may be near chance'}
+
+
+def stop_caveats(df: pd.DataFrame) -> pd.Series:
+    """Per row, the :data:`CAVEATS` key that applies ('' for none), from the row's stop reason, best epoch and
+    ``--early_stop``; the plateau rule is the one the runner warns with (BaseRunner._warn_if_never_improved)."""
+    reason = df['stop_reason'].fillna('').astype(str)
+    patience = (pd.to_numeric(df['early_stop'], errors='coerce').fillna(10) if 'early_stop' in df.columns
+                else pd.Series(10, index=df.index))
+    best = pd.to_numeric(df['best_epoch'], errors='coerce')
+    plateau = reason.eq('early_stop') & (patience > 0) & best.le(patience)
+    return pd.Series(np.select([reason.eq('time_budget').to_numpy(), plateau.to_numpy()], ['budget', 'plateau'], ''),
+                     index=df.index, dtype=object)
+
+
 def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
     """Rows run with ``--text_init 1`` or ``--text_fusion 1`` renamed ``X+TI``, ``X+TF``, ``X_LRD+TF``, ...
 
