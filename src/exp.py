@@ -54,8 +54,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="Continue training the finished runs of this results CSV that did not stop early (time "
                              "budget, Ctrl-C, --epoch reached) from their last epoch: each run's own arguments, "
                              "then --base and --grid (e.g. --base '--time_budget 3600'), then --resume 1 on its "
-                             "checkpoint and seed. Reports pool it with the run it continues (--pool) and keep the "
-                             "latest.")
+                             "checkpoint and seed; with a longer --early_stop in --base, also the runs that "
+                             "early-stopped on the start-up plateau. Reports pool it with the run it continues "
+                             "(--pool) and keep the latest.")
     parser.add_argument('--checkpoint_models', type=str, default='',
                         help='With --checkpoints or --resume_runs: comma-separated models whose runs are taken '
                              '(default: all).')
@@ -101,8 +102,9 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help='Also consider ablation variants (include_lrd=0, include_kge=0, lrd_feature=id, lamda=0); '
                              'by default they are excluded.')
     parser.add_argument('--pool', type=str, default=','.join(rc.RESOURCE_ARGS),
-                        help='Arguments left out of a configuration, so that seeds run with different budgets (or '
-                             'evaluated from or continued from a checkpoint) count as one; a seed run twice keeps '
+                        help='Arguments left out of a configuration, so that seeds run with different budgets or '
+                             'patience (or evaluated from or continued from a checkpoint) count as one; a seed run '
+                             'twice keeps '
                              'its latest run. '
                              "'' keeps every argument.")
     parser.add_argument('--models', type=str, default='',
@@ -221,8 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if (caveats == 'plateau').any():
         print(f'{(caveats == "plateau").sum()} run(s) early-stopped with their best dev epoch within the first '
               f'--early_stop epochs ({", ".join(rows.loc[caveats == "plateau", "run_id"])}): probably on the start-up '
-              'plateau, not converged; rerun those seeds with a larger --early_stop (or --early_stop 0 and a '
-              '--time_budget): on the CPU the same arguments stop the same way again')
+              'plateau, not converged; continue them from their last epoch with a longer patience: python '
+              f"src/exp.py run --resume_runs {args.out} --base '--early_stop 30'")
     return 1 if counts['failed'] else 0
 
 

@@ -406,6 +406,33 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
     assert exp.main(['run', '--resume_runs', str(first), '--checkpoints', str(first), '--out', str(more)]) == 2
 
 
+def test_a_longer_patience_continues_only_the_runs_that_stopped_on_the_plateau(tmp_path):
+    """--resume_runs with a larger --early_stop picks the early-stopped runs whose best epoch came within their
+    patience (the start-up plateau), besides the budget-stopped ones; a converged run is never continued."""
+    rows = []
+    for seed, (reason, best) in enumerate([('early_stop', 3), ('early_stop', 40), ('time_budget', 26)]):
+        model_path = tmp_path / f's{seed}.pt'
+        Path(train_state.state_path(str(model_path))).write_bytes(b'state')
+        argv = ['--model_name', 'SASRec', '--dataset', 'Office', '--random_seed', str(seed),
+                '--model_path', str(model_path)]
+        config, values, run_name, _ = ex.normalise(argv)
+        spec = ex.RunSpec(argv, seed, 'SASRec', 'Office', config, values, '', run_name)
+        results = {'dev': {m: 0.3 for m in METRICS}, 'test': {m: 0.3 for m in METRICS}, 'best_epoch': best,
+                   'stop_reason': reason}
+        rows.append(ex.result_row(spec, 'ok', results=results))
+    rc.write_results(tmp_path / 'r.csv', rows)
+    df = rc.read_results(tmp_path / 'r.csv')
+
+    def resumed(base: str) -> list[int]:
+        specs, missing = ex.checkpoint_specs(df, base=shlex.split(base), resume=True)
+        assert not missing
+        return sorted(spec.seed for spec in specs)
+    assert resumed('--time_budget 600') == [2]
+    assert resumed('--early_stop 10') == [2]  # not longer than the patience it stopped with
+    assert resumed('--early_stop 30') == [0, 2]
+    assert resumed('--early_stop 0') == [0, 2]
+
+
 def test_a_run_started_again_continues_its_earlier_attempt(tmp_path, tiny_outside_repo, monkeypatch):
     """A run exp.py did not record (grid interrupted, run timed out) left a training state on its checkpoint path;
     running the grid again continues it from its last epoch instead of starting over."""

@@ -406,8 +406,8 @@ class BaseRunner:
             logging.warning(f'The best dev {self.main_metric} ({max(criterion):.4f}) came at epoch {best}, within the '
                             f'first --early_stop {self.early_stop} epochs. If that is near chance (a random order of '
                             '100 candidates gives HR@5 0.05, NDCG@5 0.03), the run stopped on the start-up plateau, '
-                            'not at convergence: rerun it with a larger --early_stop (or --early_stop 0 and a '
-                            '--time_budget); on the CPU the same arguments stop the same way again.')
+                            'not at convergence: continue it with --resume 1 and a larger --early_stop (rerunning it '
+                            'with the same arguments stops the same way on the CPU).')
 
     @staticmethod
     def best_epoch_of(criterion: list[float]) -> int:

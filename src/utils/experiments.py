@@ -43,7 +43,7 @@ import pandas as pd
 
 from utils import train_state
 from utils.atomic_write import atomic_write
-from utils.results_csv import read_results, write_results
+from utils.results_csv import read_results, stop_caveats, write_results
 from utils.run_progress import epoch_progress
 from utils.runtime import REPO_DIR, SRC_DIR
 
@@ -300,16 +300,23 @@ def peek_arg(argv: list[str], name: str) -> str | None:
     return getattr(parser.parse_known_args(argv)[0], name)
 
 
-def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None,
-                          resumable: bool = False) -> tuple[pd.DataFrame, list[str]]:
+def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, resumable: bool = False,
+                          early_stop: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Finished runs (of ``models``) whose checkpoint, the ``--model_path`` of their arguments, is on disk; and the
-    run ids of the finished runs whose checkpoint is not. With ``resumable``: the runs that did not stop early
-    and whose training state (``--resume 1``, utils/train_state.py) is on disk."""
+    run ids of the finished runs whose checkpoint is not. With ``resumable``: the runs whose training state
+    (``--resume 1``, utils/train_state.py) is on disk and that did not stop early; with a new ``early_stop`` (0 =
+    none) larger than theirs, also those that stopped early on the start-up plateau (results_csv.stop_caveats),
+    which the longer patience may let out of it. Converged runs are never continued."""
     rows = df[df['status'] == 'ok']
     if models:
         rows = rows[rows['model'].isin(models)]
     if resumable:
-        rows = rows[rows['stop_reason'].fillna('') != 'early_stop']
+        stopped = rows['stop_reason'].fillna('') == 'early_stop'
+        if early_stop is not None:
+            patience = pd.to_numeric(rows['early_stop'], errors='coerce').fillna(10) if 'early_stop' in rows else 10
+            longer = (early_stop == 0) | (patience < early_stop)
+            stopped &= ~(longer & (stop_caveats(rows) == 'plateau'))
+        rows = rows[~stopped]
     paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
     present = np.array([os.path.isfile(train_state.state_path(p) if resumable and p else p) for p in paths], dtype=bool)
     return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
@@ -318,14 +325,17 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None,
 def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list[tuple[str, list[str]]] | None = None,
                      models: list[str] | None = None, resume: bool = False) -> tuple[list[RunSpec], list[str]]:
     """Runs that evaluate trained checkpoints again instead of training (e.g. with ``--text_fusion 1``), or, with
-    ``resume``, continue training the runs that did not stop early (e.g. with a new ``--time_budget``).
+    ``resume``, continue training the runs that did not stop early (e.g. with a new ``--time_budget``), and those that
+    stopped on the start-up plateau when ``base`` gives a longer ``--early_stop``.
 
     For each such run of ``df`` (of ``models``) whose checkpoint (training state) is on disk: its own arguments
     (without the log and model paths exp.py gave it), then ``base``, then each grid point, then ``--load 1 --train 0``
     (``--resume 1``) and ``--model_path <its checkpoint>``, with its seed. Returns the specs and the run ids whose
     checkpoint (training state) is missing.
     """
-    rows, missing = runs_with_checkpoints(df, models, resumable=resume)
+    patience = peek_arg(list(base or []), 'early_stop')
+    rows, missing = runs_with_checkpoints(df, models, resumable=resume,
+                                          early_stop=int(patience) if patience is not None else None)
     mode = ['--resume', '1'] if resume else ['--load', '1', '--train', '0']
     specs, seen = [], set()
     for _, row in rows.iterrows():

@@ -83,7 +83,7 @@ ABLATIONS = {'include_lrd': ('0', 'w/o LRD'), 'include_kge': ('0', 'w/o KGE'), '
 # with its backbone (KDA_LRD --include_lrd 0 --text_init 1 --text_fusion 1 is "KDA+TI+TF").
 TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
 # Arguments that stop, continue or reload a run without changing what it trains; reports pool seeds across them.
-RESOURCE_ARGS = ('time_budget', 'load', 'train', 'resume')
+RESOURCE_ARGS = ('time_budget', 'early_stop', 'load', 'train', 'resume')
 
 
 # Why a finished run's test metrics may not be a converged result; reports count such runs per cell.
