@@ -406,22 +406,30 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
     assert exp.main(['run', '--resume_runs', str(first), '--checkpoints', str(first), '--out', str(more)]) == 2
 
 
-def test_a_longer_patience_continues_only_the_runs_that_stopped_on_the_plateau(tmp_path):
-    """--resume_runs with a larger --early_stop picks the early-stopped runs whose best epoch came within their
-    patience (the start-up plateau), besides the budget-stopped ones; a converged run is never continued."""
+def stopped_runs(path: Path, model: str, cases: dict[int, tuple[str, int, list[str]]]) -> pd.DataFrame:
+    """A results CSV of ``model`` on Office, one finished run per seed: ``seed → (stop_reason, best_epoch, extra
+    arguments)``, every metric 0.3; its rows as read back."""
     rows = []
-    for seed, (reason, best) in enumerate([('early_stop', 3), ('early_stop', 40), ('time_budget', 26)]):
-        model_path = tmp_path / f's{seed}.pt'
-        Path(train_state.state_path(str(model_path))).write_bytes(b'state')
-        argv = ['--model_name', 'SASRec', '--dataset', 'Office', '--random_seed', str(seed),
-                '--model_path', str(model_path)]
+    for seed, (reason, best, extra) in cases.items():
+        argv = ['--model_name', model, '--dataset', 'Office', '--random_seed', str(seed)] + extra
         config, values, run_name, _ = ex.normalise(argv)
-        spec = ex.RunSpec(argv, seed, 'SASRec', 'Office', config, values, '', run_name)
+        spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
         results = {'dev': {m: 0.3 for m in METRICS}, 'test': {m: 0.3 for m in METRICS}, 'best_epoch': best,
                    'stop_reason': reason}
         rows.append(ex.result_row(spec, 'ok', results=results))
-    rc.write_results(tmp_path / 'r.csv', rows)
-    df = rc.read_results(tmp_path / 'r.csv')
+    rc.write_results(path, rows)
+    return rc.read_results(path)
+
+
+def test_a_longer_patience_continues_only_the_runs_that_stopped_on_the_plateau(tmp_path):
+    """--resume_runs with a larger --early_stop picks the early-stopped runs whose best epoch came within their
+    patience (the start-up plateau), besides the budget-stopped ones; a converged run is never continued."""
+    cases = {}
+    for seed, (reason, best) in enumerate([('early_stop', 3), ('early_stop', 40), ('time_budget', 26)]):
+        model_path = tmp_path / f's{seed}.pt'
+        Path(train_state.state_path(str(model_path))).write_bytes(b'state')
+        cases[seed] = (reason, best, ['--model_path', str(model_path)])
+    df = stopped_runs(tmp_path / 'r.csv', 'SASRec', cases)
 
     def resumed(base: str) -> list[int]:
         specs, missing = ex.checkpoint_specs(df, base=shlex.split(base), resume=True)
@@ -578,18 +586,9 @@ def test_report_table(tmp_path):
 def test_report_marks_seeds_stopped_by_budget_or_on_the_plateau(tmp_path):
     """A budget-stopped run is a lower bound and an early stop with the best epoch within --early_stop is probably
     the start-up plateau: the table says which seeds, instead of averaging them in silently."""
-    rows = []
-    cases = {0: ('early_stop', 40, []), 1: ('time_budget', 26, []), 2: ('early_stop', 3, []),
-             3: ('max_epoch', 3, ['--early_stop', '0']), 4: ('early_stop', 12, ['--early_stop', '12'])}
-    for seed, (reason, best, extra) in cases.items():
-        argv = ['--model_name', 'KDA', '--dataset', 'Office', '--random_seed', str(seed)] + extra
-        config, values, run_name, _ = ex.normalise(argv)
-        spec = ex.RunSpec(argv, seed, 'KDA', 'Office', config, values, '', run_name)
-        results = {'dev': {m: 0.3 for m in METRICS}, 'test': {m: 0.3 for m in METRICS}, 'best_epoch': best,
-                   'stop_reason': reason}
-        rows.append(ex.result_row(spec, 'ok', results=results))
-    rc.write_results(tmp_path / 'r.csv', rows)
-    df = rc.read_results(tmp_path / 'r.csv')
+    df = stopped_runs(tmp_path / 'r.csv', 'KDA', {
+        0: ('early_stop', 40, []), 1: ('time_budget', 26, []), 2: ('early_stop', 3, []),
+        3: ('max_epoch', 3, ['--early_stop', '0']), 4: ('early_stop', 12, ['--early_stop', '12'])})
     assert list(rc.stop_caveats(df)) == ['', 'budget', 'plateau', '', 'plateau']
     md = tmp_path / 'table.md'
     assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md), '--pool', 'early_stop']) == 0
