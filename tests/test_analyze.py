@@ -288,6 +288,16 @@ def test_ablation(tmp_path):
     assert summary.loc['w/o LRD loss', 'NDCG@5_mean'] == pytest.approx(0.36)
     assert summary.loc['w/o LRD', 'source_model'] == 'KDA'  # no --include_lrd 0 runs: the backbone stands in
     assert (summary['n_seeds'] == 3).all()  # the λ = 0 seed run with a time budget pools with the others
+    # the backbone's own w/o KGE runs, when there are some, are the control of the w/o KGE variant
+    with_control = rows + [_row('KDA', ['--include_kge', '0'], seed, 0.2, 0.27) for seed in (0, 1)]
+    rc.write_results(tmp_path / 'control.csv', with_control)
+    control = pd.read_csv(analyze.run(['ablation', '--csv', str(tmp_path / 'control.csv'), '--out_dir', str(tmp_path),
+                                       '--name', 'control'])['csv']).set_index('variant')
+    assert list(control.index) == list(summary.index) + ['w/o LRD, w/o KGE']
+    assert control.loc['w/o LRD, w/o KGE', 'source_model'] == 'KDA'
+    assert control.loc['w/o LRD, w/o KGE', 'NDCG@5_mean'] == pytest.approx(0.27)
+    assert control.loc['w/o LRD, w/o KGE', 'n_seeds'] == 2
+    assert control.loc['w/o LRD', 'NDCG@5_mean'] == pytest.approx(0.30)  # still the full backbone
     rc.write_results(tmp_path / 'pool.csv', rows)  # ablation.csv is now the output of the call above
     unpooled = analyze.run(['ablation', '--csv', str(tmp_path / 'pool.csv'), '--out_dir', str(tmp_path),
                             '--name', 'unpooled', '--pool', ''])

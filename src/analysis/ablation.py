@@ -26,7 +26,9 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
     """Per (LRD model, dataset, variant): the best configuration by mean ``by`` and its metrics over seeds.
 
     "w/o LRD" comes from the LRD model's ``--include_lrd 0`` runs, or, when there are none, from runs of its
-    backbone (KDA for KDA_LRD). ``pool``: arguments left out of a configuration (:func:`rc.pool_configs`).
+    backbone (KDA for KDA_LRD). "w/o LRD, w/o KGE" is the backbone's ``--include_kge 0`` runs, when there are any:
+    the control that tells whether what w/o KGE loses is the backbone's loss or the LRD model's.
+    ``pool``: arguments left out of a configuration (:func:`rc.pool_configs`).
     """
     rows = rc.pool_configs(rc.filter_rows(df, where, keep_variants=True), pool)
     rows = rows.assign(variant=[variant_of(r) for _, r in rows.iterrows()])
@@ -39,10 +41,12 @@ def ablation_summary(df: pd.DataFrame, by: str, metrics: list[str], split: str =
             own = rows[(rows['model'] == model) & (rows['dataset'] == dataset)]
             parts = {v: own[own['variant'] == v] for v in ('full', 'w/o LLM', 'w/o KGE', 'w/o LRD loss', 'w/o LRD')}
             sources = dict.fromkeys(parts, model)
+            backbone = rows[(rows['model'] == backbone_of(model)) & (rows['dataset'] == dataset)]
             if parts['w/o LRD'].empty:  # the backbone itself is "w/o LRD"
                 sources['w/o LRD'] = backbone_of(model)
-                parts['w/o LRD'] = rows[(rows['model'] == backbone_of(model)) & (rows['dataset'] == dataset)
-                                        & (rows['variant'] == 'full')]
+                parts['w/o LRD'] = backbone[backbone['variant'] == 'full']
+            parts['w/o LRD, w/o KGE'] = backbone[backbone['variant'] == 'w/o KGE']
+            sources['w/o LRD, w/o KGE'] = backbone_of(model)
             for variant, part in parts.items():
                 best = rc.select_best(part, by, min_seeds) if not part.empty else part
                 if best.empty:
