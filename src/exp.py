@@ -104,9 +104,7 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument('--pool', type=str, default=','.join(rc.RESOURCE_ARGS),
                         help='Arguments left out of a configuration, so that seeds run with different budgets or '
                              'patience (or evaluated from or continued from a checkpoint) count as one; a seed run '
-                             'twice keeps '
-                             'its latest run. '
-                             "'' keeps every argument.")
+                             "twice keeps its latest run. '' keeps every argument.")
     parser.add_argument('--models', type=str, default='',
                         help='Comma-separated models to keep (default: all); --text_fusion/--text_init runs are '
                              'named X+TF/X+TI.')

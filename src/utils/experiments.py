@@ -43,7 +43,7 @@ import pandas as pd
 
 from utils import train_state
 from utils.atomic_write import atomic_write
-from utils.results_csv import read_results, stop_caveats, write_results
+from utils.results_csv import patience_of, read_results, stop_caveats, write_results
 from utils.run_progress import epoch_progress
 from utils.runtime import REPO_DIR, SRC_DIR
 
@@ -313,8 +313,7 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, res
     if resumable:
         stopped = rows['stop_reason'].fillna('') == 'early_stop'
         if early_stop is not None:
-            patience = pd.to_numeric(rows['early_stop'], errors='coerce').fillna(10) if 'early_stop' in rows else 10
-            longer = (early_stop == 0) | (patience < early_stop)
+            longer = (early_stop == 0) | (patience_of(rows) < early_stop)
             stopped &= ~(longer & (stop_caveats(rows) == 'plateau'))
         rows = rows[~stopped]
     paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]

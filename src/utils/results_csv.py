@@ -92,12 +92,18 @@ CAVEATS = {'budget': 'the run was stopped by --time_budget before early stopping
                       'probably never left the start-up plateau (docs/results.md), so its metrics may be near chance'}
 
 
+def patience_of(df: pd.DataFrame) -> pd.Series:
+    """Each row's ``--early_stop`` (ReChorus' default 10 where a CSV lacks it)."""
+    if 'early_stop' not in df.columns:
+        return pd.Series(10, index=df.index)
+    return pd.to_numeric(df['early_stop'], errors='coerce').fillna(10)
+
+
 def stop_caveats(df: pd.DataFrame) -> pd.Series:
     """Per row, the :data:`CAVEATS` key that applies ('' for none), from the row's stop reason, best epoch and
     ``--early_stop``; the plateau rule is the one the runner warns with (BaseRunner._warn_if_never_improved)."""
     reason = df['stop_reason'].fillna('').astype(str)
-    patience = (pd.to_numeric(df['early_stop'], errors='coerce').fillna(10) if 'early_stop' in df.columns
-                else pd.Series(10, index=df.index))
+    patience = patience_of(df)
     best = pd.to_numeric(df['best_epoch'], errors='coerce')
     plateau = reason.eq('early_stop') & (patience > 0) & best.le(patience)
     return pd.Series(np.select([reason.eq('time_budget').to_numpy(), plateau.to_numpy()], ['budget', 'plateau'], ''),
