@@ -85,6 +85,18 @@ def test_resume_without_state_trains_from_scratch_and_a_finished_run_is_not_trai
     assert again['train_s'] == fresh['train_s'] > 0  # read back from the state, not the (empty) loop of this call
 
 
+def test_an_early_stopped_run_continues_only_under_a_longer_patience(tiny_root, tmp_path):
+    """How a run that stopped on the start-up plateau is continued: --resume 1 with a larger --early_stop (0 = none)."""
+    path = tmp_path / 'm.pt'
+    stopped = run('SASRec', tiny_root, path, '--epoch', '4', '--early_stop', '1')
+    assert stopped['stop_reason'] == 'early_stop' and stopped['epochs'] == 2
+    same = run('SASRec', tiny_root, path, '--epoch', '4', '--early_stop', '1', '--resume', '1')
+    assert same['epochs'] == 2 and same['stop_reason'] == 'early_stop' and same['test'] == stopped['test']
+    longer = run('SASRec', tiny_root, path, '--epoch', '4', '--early_stop', '0', '--resume', '1')
+    assert longer['epochs'] == 4 and longer['stop_reason'] == 'max_epoch'
+    assert 'continuing with epoch 3' in path.with_suffix('.txt').read_text()
+
+
 def test_broken_state_file_is_refused_with_the_way_out(tiny_root, tmp_path):
     path = tmp_path / 'm.pt'
     Path(train_state.state_path(str(path))).write_bytes(b'not a torch file')
