@@ -171,6 +171,16 @@ def test_paired_ttest_matches_scipy_and_hand_computation():
     assert math.isnan(reports.paired_ttest({0: 1.0, 1: 2.0}, {0: 1.0, 1: 2.0})[1])  # identical: no test
 
 
+def test_seeds_for_power_matches_published_sample_sizes():
+    # two-sided paired t-test, alpha .05, power .8: effect size d_z .5 needs 34 pairs, .8 needs 15, 1.0 needs 10
+    # (Cohen's tables, G*Power); d_z = t / sqrt(n) of the test over the seeds at hand
+    for d_z, needed in ((0.5, 34), (0.8, 15), (1.0, 10)):
+        assert reports.seeds_for_power(d_z * math.sqrt(5), 5) == needed
+        assert reports.seeds_for_power(-d_z * math.sqrt(8), 8) == needed  # a drop is detected as readily
+    assert reports.seeds_for_power(0.01, 5) is None  # beyond max_n
+    assert reports.seeds_for_power(float('nan'), 5) is None and reports.seeds_for_power(3.0, 1) is None
+
+
 def test_improvement_is_over_the_seeds_the_test_pairs():
     kda = {0: 0.40, 1: 0.50, 2: 0.30, 3: 0.30}  # all-seed mean .375; seeds 0-1 mean .45
     lrd = {0: 0.45, 1: 0.54}                     # mean .495
@@ -581,6 +591,29 @@ def test_report_table(tmp_path):
     assert '**' in cells[4]  # the best NDCG@5
     assert '0.9000' not in text and '0.8500' not in text  # the ablation variants are not in the table
     assert r'KDA$_{\mathrm{LRD}}$' in tex.read_text() and r'\textbf' in tex.read_text()
+    assert 'Seeds for 80 % power' not in text  # every comparison is significant
+
+
+def test_report_says_how_many_seeds_a_non_significant_gain_needs(tmp_path):
+    """The five Office seeds of KDA and KDA_LRD (test HR@5, NDCG@5): +3.05 % HR@5 at p = .14; at that mean difference
+    and spread a paired test needs 14 seeds (NDCG@5: 19) for 80 % power, which the report says under the table."""
+    hr = {'KDA': [.4601, .4287, .4308, .4279, .4583], 'KDA_LRD': [.4636, .4381, .4393, .4701, .4620]}
+    ndcg = {'KDA': [.3189, .3000, .2981, .2962, .3151], 'KDA_LRD': [.3191, .3025, .3016, .3205, .3183]}
+    rows = []
+    for model in hr:
+        for seed in range(5):
+            argv = ['--model_name', model, '--dataset', 'Office', '--random_seed', str(seed)]
+            config, values, run_name, _ = ex.normalise(argv)
+            spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
+            test = {'HR@5': hr[model][seed], 'NDCG@5': ndcg[model][seed]}
+            rows.append(ex.result_row(spec, 'ok', results={'dev': dict(test), 'test': test, 'best_epoch': 9}))
+    rc.write_results(tmp_path / 'r.csv', rows)
+    md = tmp_path / 't.md'
+    assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md),
+                     '--metrics', 'HR@5,NDCG@5']) == 0
+    text = md.read_text()
+    assert '+3.05% (p=0.138)' in text
+    assert 'Seeds for 80 % power' in text and 'KDA_LRD vs KDA: HR@5 14, NDCG@5 19.' in text
 
 
 def test_report_marks_seeds_stopped_by_budget_or_on_the_plateau(tmp_path):

@@ -40,6 +40,23 @@ def paired_ttest(a: dict, b: dict) -> tuple[float, float, int]:
     return float(result.statistic), float(result.pvalue), n
 
 
+def seeds_for_power(t: float, n: int, alpha: float = 0.05, power: float = 0.8, max_n: int = 1000) -> int | None:
+    """Paired seeds at which a two-sided paired t-test at ``alpha`` detects, with probability ``power``, the mean
+    difference that a test over ``n`` seeds gave statistic ``t`` for (effect size t/√n, noncentral t).
+
+    A planning figure for "should I run more seeds?": it takes the observed difference and spread for the true
+    ones, which few seeds measure loosely. ``None`` when no test was possible, or more than ``max_n`` seeds.
+    """
+    if n < 2 or not np.isfinite(t) or t == 0:
+        return None
+    sizes = np.arange(2, max_n + 1)
+    df = sizes - 1
+    critical = stats.t.ppf(1 - alpha / 2, df)
+    shift = abs(t) / math.sqrt(n) * np.sqrt(sizes)
+    reached = stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift) >= power
+    return int(sizes[reached.argmax()]) if reached.any() else None
+
+
 def significance_mark(p: float) -> str:
     """‡ for p ≤ 0.01, † for p ≤ 0.05, '' otherwise (and for nan)."""
     if p is None or not np.isfinite(p):
@@ -82,6 +99,7 @@ class Entry:
     t: dict[str, float] = field(default_factory=dict)
     p: dict[str, float] = field(default_factory=dict)
     n_pairs: int = 0
+    power_seeds: dict[str, int | None] = field(default_factory=dict)  # metric → seeds_for_power
     caveats: dict[str, list[int]] = field(default_factory=dict)  # CAVEATS key → seeds whose run it applies to
 
 
@@ -145,6 +163,7 @@ def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: 
                 for m in metrics:
                     entry.improv[m] = paired_improvement(base.values[m], entry.values[m])
                     entry.t[m], entry.p[m], entry.n_pairs = paired_ttest(base.values[m], entry.values[m])
+                    entry.power_seeds[m] = seeds_for_power(entry.t[m], entry.n_pairs)
     return entries
 
 
@@ -188,6 +207,21 @@ def _caveat_note(entry: Entry) -> str:
     return f' ({"; ".join(parts)})' if parts else ''
 
 
+def _power_note(entries: list[Entry], metrics: list[str]) -> list[str]:
+    """A sentence under a dataset's table giving, for each comparison some metric of which is not significant,
+    the seeds :func:`seeds_for_power` asks for; no lines when every comparison is significant or untestable."""
+    parts = []
+    for e in entries:
+        if e.baseline and any(np.isfinite(e.t[m]) and e.p[m] > 0.05 for m in metrics):
+            counts = ', '.join(f'{m} {e.power_seeds[m] or "> 1000"}' for m in metrics if np.isfinite(e.t[m]))
+            parts.append(f'{e.model} vs {e.baseline}: {counts}')
+    if not parts:
+        return []
+    return ['Seeds for 80 % power (a paired t-test at p ≤ 0.05 detecting the mean difference these seeds show, '
+            'if it and its spread were the true ones; a planning figure, itself loose with few seeds): '
+            + '; '.join(parts) + '.', '']
+
+
 def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
                     source: str = '', level: int = 1) -> str:
     """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
@@ -219,6 +253,7 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
                 cells = [f'{e.improv[m]:+.2%} (p={_fmt_p(e.p[m])}){significance_mark(e.p[m])}' for m in metrics]
                 out.append(f'| Improv. vs {e.baseline} | ' + ' | '.join(cells) + f' | {e.n_pairs} paired |')
         out.append('')
+        out += _power_note([x for x in entries if x.dataset == dataset], metrics)
     used = [c for c in CAVEATS if any(c in e.caveats for e in entries)]
     if used:
         out += ['Seeds marked ' + '; '.join(f'*{c}*: {CAVEATS[c]}' for c in used) + '.', '']
