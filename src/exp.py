@@ -22,6 +22,8 @@ import os
 import shlex
 import sys
 
+import pandas as pd
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import experiments as ex  # noqa: E402
@@ -96,6 +98,10 @@ def add_select_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help='Dev metric whose mean over seeds picks the best configuration (never a test metric).')
     parser.add_argument('--min_seeds', type=int, default=1,
                         help='Only configurations with at least this many finished seeds are eligible.')
+    parser.add_argument('--partial', type=int, default=0,
+                        help='1: a model with no configuration of --min_seeds seeds competes with its configurations '
+                             'that have the most seeds instead of being left out (a table still being filled); '
+                             'reports name such models either way.')
     parser.add_argument('--where', type=str, action='append', default=[],
                         help='Keep rows with name=value (rows of models without that argument are kept). Repeatable.')
     parser.add_argument('--keep_variants', type=int, default=0,
@@ -236,7 +242,24 @@ def _selection(args: argparse.Namespace):
                           models=[m for m in args.models.split(',') if m] or None,
                           datasets=[d for d in args.datasets.split(',') if d] or None)
     rows = rc.pool_configs(rows, rc.parse_pool(args.pool))
-    return rows, rc.select_best(rows, args.by, args.min_seeds)
+    return rows, rc.select_best(rows, args.by, args.min_seeds, partial=bool(args.partial))
+
+
+def _seed_notes(rows: pd.DataFrame, best: pd.DataFrame, args: argparse.Namespace) -> list[str]:
+    """Sentences naming the models that --min_seeds left out of the table, or that --partial let in short."""
+    if args.min_seeds <= 1:
+        return []
+    most = rc.config_summary(rows, args.by).groupby(['model', 'dataset'], sort=False)['n_seeds'].max()
+    chosen = dict(zip(zip(best['model'], best['dataset']), best['n_seeds']))
+    left_out = [f'{m} on {d} ({n} at most)' for (m, d), n in most.items() if (m, d) not in chosen]
+    short = [f'{m} on {d} ({n})' for (m, d), n in chosen.items() if n < args.min_seeds]
+    notes = []
+    if short:
+        notes.append(f'With fewer than {args.min_seeds} seeds (`--partial 1`): {", ".join(short)}.')
+    if left_out:
+        notes.append(f'Not in the table, no configuration with {args.min_seeds} finished seeds (`--partial 1` '
+                     f'shows them): {", ".join(left_out)}.')
+    return notes
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -272,7 +295,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         return 1
     metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
     table = reports.build_table(rows, best, metrics, args.by)
-    markdown = reports.render_markdown(table, metrics, digits=args.digits, by=args.by, source=_sources(args))
+    markdown = reports.render_markdown(table, metrics, digits=args.digits, by=args.by, source=_sources(args),
+                                       notes=_seed_notes(rows, best, args))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         f.write(markdown)

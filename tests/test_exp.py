@@ -616,6 +616,35 @@ def test_report_says_how_many_seeds_a_non_significant_gain_needs(tmp_path):
     assert 'Seeds for 80 % power' in text and 'KDA_LRD vs KDA: HR@5 14, NDCG@5 19.' in text
 
 
+def test_partial_lets_a_model_short_of_seeds_in_at_its_most_seeded_configuration(tmp_path):
+    """--min_seeds 5: RCF (three seeds at lr 1e-4, and one-seed grid points that look better on dev) is left out and
+    named under the table; with --partial 1 it enters at its three-seed configuration, never at a grid point, and the
+    five-seed model keeps its five-seed configuration."""
+    plan = [('KDA', [], seed, 0.30) for seed in range(5)] + [('KDA', ['--lr', '0.01'], 0, 0.50)]
+    plan += [('RCF', ['--lr', '1e-4'], seed, 0.20) for seed in range(3)]
+    plan += [('RCF', ['--lr', lr], 0, 0.40) for lr in ('1e-2', '1e-3')]
+    rows = []
+    for model, extra, seed, dev in plan:
+        argv = ['--model_name', model, '--dataset', 'Office', '--random_seed', str(seed)] + extra
+        config, values, run_name, _ = ex.normalise(argv)
+        spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
+        rows.append(ex.result_row(spec, 'ok', results={'dev': {'NDCG@5': dev}, 'test': {'NDCG@5': dev},
+                                                       'best_epoch': 9}))
+    rc.write_results(tmp_path / 'r.csv', rows)
+    df = rc.filter_rows(rc.read_results(tmp_path / 'r.csv'))
+    assert list(rc.select_best(df, min_seeds=5)['model']) == ['KDA']
+    best = rc.select_best(df, min_seeds=5, partial=True).set_index('model')
+    assert dict(best['n_seeds']) == {'KDA': 5, 'RCF': 3} and best.loc['RCF', 'dev_NDCG@5_mean'] == pytest.approx(0.2)
+    md = tmp_path / 't.md'
+    report = ['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md), '--metrics', 'NDCG@5', '--min_seeds', '5']
+    assert exp.main(report) == 0
+    assert 'Not in the table, no configuration with 5 finished seeds (`--partial 1` shows them): RCF on Office ' \
+           '(3 at most).' in md.read_text() and '| RCF |' not in md.read_text()
+    assert exp.main(report + ['--partial', '1']) == 0
+    assert '| RCF | 0.2000 ± 0.0000 | 3 |' in md.read_text()
+    assert 'With fewer than 5 seeds (`--partial 1`): RCF on Office (3).' in md.read_text()
+
+
 def test_report_marks_seeds_stopped_by_budget_or_on_the_plateau(tmp_path):
     """A budget-stopped run is a lower bound and an early stop with the best epoch within --early_stop is probably
     the start-up plateau: the table says which seeds, instead of averaging them in silently."""

@@ -223,11 +223,12 @@ def _power_note(entries: list[Entry], metrics: list[str]) -> list[str]:
 
 
 def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, by: str = 'dev_NDCG@5',
-                    source: str = '', level: int = 1) -> str:
+                    source: str = '', level: int = 1, notes: Iterable[str] = ()) -> str:
     """One table per dataset: mean ± std of test metrics; the best mean per column in bold; an
     "Improv." row under each X_LRD (and X+TF, X+TI, ...) with the relative improvement over X and the paired t-test
     p-value.
-    ``level`` is the heading level of the title (2 or more to nest the table in a page)."""
+    ``level`` is the heading level of the title (2 or more to nest the table in a page); ``notes`` are sentences
+    printed under the tables (which models the selection left out, ...)."""
     best = _best_means(entries, metrics)
     title, sub = '#' * level, '#' * (level + 1)
     out = [f'{title} Overall performance (test set)', '',
@@ -257,6 +258,7 @@ def render_markdown(entries: list[Entry], metrics: list[str], digits: int = 4, b
     used = [c for c in CAVEATS if any(c in e.caveats for e in entries)]
     if used:
         out += ['Seeds marked ' + '; '.join(f'*{c}*: {CAVEATS[c]}' for c in used) + '.', '']
+    out += [line for note in notes for line in (note, '')]
     out += [f'{sub} Selected configurations', '',
             '| Dataset | Model | seeds | ' + f'{by} (mean) | arguments (non-default) |', '|---|---|---|---:|---|']
     for e in entries:

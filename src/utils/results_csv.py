@@ -222,7 +222,7 @@ def filter_rows(df: pd.DataFrame, where: list[str] | dict | None = None,
     return out
 
 
-def config_summary(df: pd.DataFrame, by: str, min_seeds: int = 1) -> pd.DataFrame:
+def config_summary(df: pd.DataFrame, by: str) -> pd.DataFrame:
     """One row per (model, dataset, config): seeds, mean and std of ``by`` and of every metric."""
     if by not in df.columns:
         raise ValueError(f'no column {by!r} in the results; metric columns: '
@@ -237,17 +237,25 @@ def config_summary(df: pd.DataFrame, by: str, min_seeds: int = 1) -> pd.DataFram
             record[f'{metric}_mean'] = values.mean()
             record[f'{metric}_std'] = values.std(ddof=1) if len(values) > 1 else 0.0
         records.append(record)
-    summary = pd.DataFrame(records)
-    if summary.empty:
-        return summary
-    return summary[summary['n_seeds'] >= min_seeds].reset_index(drop=True)
+    return pd.DataFrame(records)
 
 
-def select_best(df: pd.DataFrame, by: str = 'dev_NDCG@5', min_seeds: int = 1) -> pd.DataFrame:
-    """Best configuration per (model, dataset) by the mean of a **dev** metric over seeds (ties: more seeds)."""
+def select_best(df: pd.DataFrame, by: str = 'dev_NDCG@5', min_seeds: int = 1, partial: bool = False) -> pd.DataFrame:
+    """Best configuration per (model, dataset) by the mean of a **dev** metric over seeds (ties: more seeds).
+
+    Only configurations with ``min_seeds`` seeds are eligible; with ``partial``, a model that has none competes with
+    its configurations that have the most seeds, so that a table still being filled shows it (a one-seed grid point
+    never displaces the configuration that was rerun on more seeds)."""
     if not by.startswith('dev_'):
         raise ValueError(f'--by {by}: select on a dev metric (dev_NDCG@5, ...); test metrics are for reporting only')
-    summary = config_summary(df, by, min_seeds)
+    summary = config_summary(df, by)
+    if summary.empty:
+        return summary
+    most = summary.groupby(['model', 'dataset'])['n_seeds'].transform('max')
+    eligible = summary['n_seeds'] >= min_seeds
+    if partial:
+        eligible |= (most < min_seeds) & (summary['n_seeds'] == most)
+    summary = summary[eligible]
     if summary.empty:
         return summary
     summary = summary.sort_values([f'{by}_mean', 'n_seeds'], ascending=[False, False], kind='stable')
