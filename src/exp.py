@@ -249,7 +249,8 @@ def _seed_notes(rows: pd.DataFrame, best: pd.DataFrame, args: argparse.Namespace
     """Sentences naming the models that --min_seeds left out of the table, or that --partial let in short."""
     if args.min_seeds <= 1:
         return []
-    most = rc.config_summary(rows, args.by).groupby(['model', 'dataset'], sort=False)['n_seeds'].max()
+    seeds = rows.groupby(['model', 'dataset', 'config'], sort=False)['seed'].nunique()
+    most = seeds.groupby(level=[0, 1], sort=False).max()  # per model: its best-seeded configuration
     chosen = dict(zip(zip(best['model'], best['dataset']), best['n_seeds']))
     left_out = [f'{m} on {d} ({n} at most)' for (m, d), n in most.items() if (m, d) not in chosen]
     short = [f'{m} on {d} ({n})' for (m, d), n in chosen.items() if n < args.min_seeds]
