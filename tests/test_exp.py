@@ -416,17 +416,23 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
     assert exp.main(['run', '--resume_runs', str(first), '--checkpoints', str(first), '--out', str(more)]) == 2
 
 
+def ok_row(argv: list[str], results: dict, **kw) -> dict:
+    """The results row exp.py records for a finished run of main.py ``argv`` (model, Office, ``--random_seed``)."""
+    config, values, run_name, _ = ex.normalise(argv)
+    seed = int(argv[argv.index('--random_seed') + 1])
+    spec = ex.RunSpec(argv, seed, config['model_name'], 'Office', config, values, '', run_name)
+    return ex.result_row(spec, 'ok', results=results, **kw)
+
+
 def stopped_runs(path: Path, model: str, cases: dict[int, tuple[str, int, list[str]]]) -> pd.DataFrame:
     """A results CSV of ``model`` on Office, one finished run per seed: ``seed → (stop_reason, best_epoch, extra
     arguments)``, every metric 0.3; its rows as read back."""
     rows = []
     for seed, (reason, best, extra) in cases.items():
         argv = ['--model_name', model, '--dataset', 'Office', '--random_seed', str(seed)] + extra
-        config, values, run_name, _ = ex.normalise(argv)
-        spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
         results = {'dev': {m: 0.3 for m in METRICS}, 'test': {m: 0.3 for m in METRICS}, 'best_epoch': best,
                    'stop_reason': reason}
-        rows.append(ex.result_row(spec, 'ok', results=results))
+        rows.append(ok_row(argv, results))
     rc.write_results(path, rows)
     return rc.read_results(path)
 
@@ -518,26 +524,18 @@ def synthetic_results(path: Path) -> pd.DataFrame:
         for lr in (1e-3, 1e-4):
             for seed in (0, 1, 2):
                 argv = ['--model_name', model, '--dataset', 'Office', '--lr', str(lr), '--random_seed', str(seed)]
-                config, values, run_name, _ = ex.normalise(argv)
-                spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
                 good = lr == 1e-3
                 base = {'KDA': 0.31, 'KDA_LRD': 0.34, 'SASRec': 0.27}[model]
                 dev = base + (0.01 if good else 0) + seed * 0.001
                 test = base + (0.0 if good else 0.02) + rng.normal(0, 0.002)
                 results = {'dev': {m: dev for m in METRICS}, 'test': {m: test + 0.1 * METRICS.index(m) / 10
                                                                        for m in METRICS}, 'best_epoch': 5}
-                rows.append(ex.result_row(spec, 'ok', results=results, wall_s=1.0))
+                rows.append(ok_row(argv, results, wall_s=1.0))
     # an ablation variant that would win on dev, and a failed run: neither may be selected
     argv = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--include_kge', '0', '--random_seed', '0']
-    config, values, run_name, _ = ex.normalise(argv)
-    spec = ex.RunSpec(argv, 0, 'KDA_LRD', 'Office', config, values, '', run_name)
-    results = {'dev': {m: 0.9 for m in METRICS}, 'test': {m: 0.9 for m in METRICS}}
-    rows.append(ex.result_row(spec, 'ok', results=results))
+    rows.append(ok_row(argv, {'dev': {m: 0.9 for m in METRICS}, 'test': {m: 0.9 for m in METRICS}}))
     argv = ['--model_name', 'KDA_LRD', '--dataset', 'Office', '--lamda', '0', '--random_seed', '0']  # w/o LRD loss
-    config, values, run_name, _ = ex.normalise(argv)
-    spec = ex.RunSpec(argv, 0, 'KDA_LRD', 'Office', config, values, '', run_name)
-    results = {'dev': {m: 0.85 for m in METRICS}, 'test': {m: 0.85 for m in METRICS}}
-    rows.append(ex.result_row(spec, 'ok', results=results))
+    rows.append(ok_row(argv, {'dev': {m: 0.85 for m in METRICS}, 'test': {m: 0.85 for m in METRICS}}))
     spec = ex.RunSpec(['--model_name', 'KDA', '--lr', '0.1'], 5, 'KDA', 'Office',
                       {'model_name': 'KDA', 'dataset': 'Office', 'lr': 0.1}, {}, 'boom', '')
     rows.append(ex.result_row(spec, 'failed', error='boom'))
@@ -603,10 +601,8 @@ def test_report_says_how_many_seeds_a_non_significant_gain_needs(tmp_path):
     for model in hr:
         for seed in range(5):
             argv = ['--model_name', model, '--dataset', 'Office', '--random_seed', str(seed)]
-            config, values, run_name, _ = ex.normalise(argv)
-            spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
             test = {'HR@5': hr[model][seed], 'NDCG@5': ndcg[model][seed]}
-            rows.append(ex.result_row(spec, 'ok', results={'dev': dict(test), 'test': test, 'best_epoch': 9}))
+            rows.append(ok_row(argv, {'dev': dict(test), 'test': test, 'best_epoch': 9}))
     rc.write_results(tmp_path / 'r.csv', rows)
     md = tmp_path / 't.md'
     assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md),
@@ -626,10 +622,7 @@ def test_partial_lets_a_model_short_of_seeds_in_at_its_most_seeded_configuration
     rows = []
     for model, extra, seed, dev in plan:
         argv = ['--model_name', model, '--dataset', 'Office', '--random_seed', str(seed)] + extra
-        config, values, run_name, _ = ex.normalise(argv)
-        spec = ex.RunSpec(argv, seed, model, 'Office', config, values, '', run_name)
-        rows.append(ex.result_row(spec, 'ok', results={'dev': {'NDCG@5': dev}, 'test': {'NDCG@5': dev},
-                                                       'best_epoch': 9}))
+        rows.append(ok_row(argv, {'dev': {'NDCG@5': dev}, 'test': {'NDCG@5': dev}, 'best_epoch': 9}))
     rc.write_results(tmp_path / 'r.csv', rows)
     df = rc.filter_rows(rc.read_results(tmp_path / 'r.csv'))
     assert list(rc.select_best(df, min_seeds=5)['model']) == ['KDA']
@@ -664,10 +657,8 @@ def fusion_results(tmp_path: Path) -> list[Path]:
     """Two CSVs: KDA seeds run with different budgets (seed 1 twice), then KDA_LRD --include_lrd 0
     --text_fusion 1 evaluated from those checkpoints, and a KDA_LRD with LRD and fusion on."""
     def row(argv, seed, test, finished):
-        argv = argv + ['--random_seed', str(seed)]
-        config, values, run_name, _ = ex.normalise(argv)
-        spec = ex.RunSpec(argv, seed, argv[1], 'Office', config, values, '', run_name)
-        out = ex.result_row(spec, 'ok', results={'dev': {m: test for m in METRICS}, 'test': {m: test for m in METRICS}})
+        out = ok_row(argv + ['--random_seed', str(seed)], {'dev': {m: test for m in METRICS},
+                                                             'test': {m: test for m in METRICS}})
         out['finished_at'] = finished
         return out
     kda = ['--model_name', 'KDA', '--dataset', 'Office']
