@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
+from utils import run_pool  # noqa: E402
 
 SUBCOMMANDS = ('run', 'select', 'report', 'table3', 'arg-docs')
 
@@ -212,7 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f'{spec.run_id}\t{state}\t{shlex.join(spec.argv)}')
         print(f'{len(specs)} runs, {sum(s.run_id in done for s in specs)} done')
         return 0
-    counts = ex.run_specs(specs, args.out, jobs=args.jobs, work_dir=args.work_dir or None,
+    counts = run_pool.run_specs(specs, args.out, jobs=args.jobs, work_dir=args.work_dir or None,
                           log_dir=args.log_dir or None, model_dir=args.model_dir or None,
                           timeout=args.timeout or None, gpus=[g for g in args.gpus.split(',') if g] or None,
                           retry_failed=bool(args.retry_failed), progress_s=args.progress_s)

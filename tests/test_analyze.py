@@ -24,6 +24,7 @@ from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import corpus_cache  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
+from utils import run_pool  # noqa: E402
 from utils.io import DataFormatError  # noqa: E402
 from utils.metrics import ranking_metrics  # noqa: E402
 
@@ -55,7 +56,7 @@ def trained(tmp_path_factory):
                     '--model_path', str(root / 'lrd.pt')]
         kda_argv = ['--model_name', 'KDA', *common, '--model_path', str(root / 'kda.pt')]
         try:  # KDA_LRD through exp.py's child entry point, which writes main()'s result as JSON
-            assert ex.child_main([str(root / 'lrd.json'), *lrd_argv, '--log_file', str(root / 'lrd.txt')]) == 0
+            assert run_pool.child_main([str(root / 'lrd.json'), *lrd_argv, '--log_file', str(root / 'lrd.txt')]) == 0
             kda_results = main.main(kda_argv + ['--log_file', str(root / 'kda.txt')])
         finally:
             _close_logs()

@@ -23,6 +23,7 @@ from tiny_data import make_tiny_dataset  # noqa: E402
 from utils import arg_docs, corpus_cache, reports  # noqa: E402
 from utils import experiments as ex  # noqa: E402
 from utils import results_csv as rc  # noqa: E402
+from utils import run_pool  # noqa: E402
 from utils import train_state  # noqa: E402
 from utils.run_progress import epoch_progress  # noqa: E402
 
@@ -72,7 +73,7 @@ def fake_child(tmp_path, monkeypatch):
 def run_quiet(specs, out, child, tmp_path, **kw):
     """run_specs with the fake child, folders in tmp_path and fast polling; its lines go to ``echo`` (default: none)."""
     kw.setdefault('echo', lambda *a: None)
-    return ex.run_specs(specs, out, child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log',
+    return run_pool.run_specs(specs, out, child_cmd=child, work_dir=tmp_path / 'work', log_dir=tmp_path / 'log',
                         model_dir=tmp_path / 'model', poll_s=0.02, **kw)
 
 
@@ -232,13 +233,13 @@ def test_csv_schema_one_row_per_run(tmp_path, fake_child, monkeypatch):
         assert Path(model_path).parent.name in run_ids and Path(log_file).parent.name == Path(model_path).parent.name
     assert len({a[a.index('--model_path') + 1] for a in calls()}) == 4
     # threads split between the jobs, one GPU per job slot
-    assert set(calls('omp')) == {str(ex.default_threads(2))}
+    assert set(calls('omp')) == {str(run_pool.default_threads(2))}
     assert set(calls('cuda')) <= {'3', '5'} and len(set(calls('cuda'))) == 2
 
 
 def test_contention_warning_only_on_a_busy_machine():
-    assert ex.contention_warning(2, load=0.4, cores=4) is None
-    warning = ex.contention_warning(2, load=3.0, cores=4)
+    assert run_pool.contention_warning(2, load=0.4, cores=4) is None
+    warning = run_pool.contention_warning(2, load=3.0, cores=4)
     assert 'load average is 3.0 on 4 cores' in warning and 'OMP_NUM_THREADS' in warning
 
 
@@ -273,7 +274,7 @@ def test_resume_skips_finished_runs_and_retries_failed(tmp_path, fake_child):
 
 def test_run_ends_with_what_to_do_about_unconverged_runs(tmp_path, fake_child, monkeypatch, capsys):
     child, _ = fake_child
-    monkeypatch.setattr(ex, 'child_command', lambda: child)
+    monkeypatch.setattr(run_pool, 'child_command', lambda: child)
     out = tmp_path / 'r.csv'
     assert exp.main(['run', '--base', '--model_name SASRec --dataset Office', '--grid', 'optimizer=Plateau,Budget,Adam',
                      '--n_seeds', '1', '--out', str(out), '--work_dir', str(tmp_path / 'work'),
@@ -465,7 +466,7 @@ def test_a_run_started_again_continues_its_earlier_attempt(tmp_path, tiny_outsid
     base = f"--model_name SASRec --dataset {name} --path {data} --epoch 3 --gpu '' --batch_size 64 --emb_size 8"
     spec = ex.build_specs(None, base=shlex.split(base))[0]
     log_file, model_path = ex.run_paths(spec, tmp_path / 'log', tmp_path / 'model')
-    ex.child_main([str(tmp_path / 'attempt.json'), *spec.argv, '--time_budget', '0.001', '--log_file',
+    run_pool.child_main([str(tmp_path / 'attempt.json'), *spec.argv, '--time_budget', '0.001', '--log_file',
                    str(tmp_path / 'attempt.txt'), '--model_path', str(model_path)])  # the attempt: one epoch
     for handler in logging.root.handlers[:]:  # main leaves its log file open on the root logger
         if isinstance(handler, logging.FileHandler):

@@ -19,6 +19,7 @@ from utils import experiments as ex
 from utils.atomic_write import atomic_write
 from utils import reports
 from utils import results_csv as rc
+from utils import run_pool
 
 PAPER_MODELS = ('Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD')
 
@@ -46,7 +47,7 @@ def machine_description(gpus: list[str] | None) -> str:
     if os.path.exists('/proc/cpuinfo'):
         found = re.search(r'^model name\s*:\s*(.+)$', Path('/proc/cpuinfo').read_text(), flags=re.M)
         cpu = found.group(1).strip() if found else cpu
-    return f'CPU: {cpu}, {ex.default_threads(1)} cores'
+    return f'CPU: {cpu}, {run_pool.default_threads(1)} cores'
 
 
 def replace_section(path: str | os.PathLike, key: str, body: str) -> None:
@@ -77,7 +78,7 @@ def run_table3(dataset: str, out_csv: str | os.PathLike, results_md: str | os.Pa
     commands = protocol_commands(dataset, models)
     specs = ex.build_specs(commands, base=base or [], n_seeds=n_seeds, seed0=seed0)
     started = time.time()
-    counts = ex.run_specs(specs, out_csv, jobs=jobs, gpus=gpus, timeout=timeout, echo=echo, **run_kwargs)
+    counts = run_pool.run_specs(specs, out_csv, jobs=jobs, gpus=gpus, timeout=timeout, echo=echo, **run_kwargs)
     elapsed = time.time() - started
 
     df = rc.read_results(out_csv)
