@@ -214,9 +214,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f'{len(specs)} runs, {sum(s.run_id in done for s in specs)} done')
         return 0
     counts = run_pool.run_specs(specs, args.out, jobs=args.jobs, work_dir=args.work_dir or None,
-                          log_dir=args.log_dir or None, model_dir=args.model_dir or None,
-                          timeout=args.timeout or None, gpus=[g for g in args.gpus.split(',') if g] or None,
-                          retry_failed=bool(args.retry_failed), progress_s=args.progress_s)
+                                log_dir=args.log_dir or None, model_dir=args.model_dir or None,
+                                timeout=args.timeout or None, gpus=[g for g in args.gpus.split(',') if g] or None,
+                                retry_failed=bool(args.retry_failed), progress_s=args.progress_s)
     print(f'Done: {counts["ok"]} ok, {counts["failed"]} failed, {counts["skipped"]} skipped → {args.out}')
     rows = rc.read_results(args.out)
     rows = rows[rows['run_id'].isin({s.run_id for s in specs}) & (rows['status'] == 'ok')]

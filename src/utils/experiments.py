@@ -164,8 +164,8 @@ def _slug(text: str) -> str:
     return re.sub(r'[^A-Za-z0-9_.]+', '-', str(text))[:40] or 'x'
 
 
-def _plain(value):
-    """JSON-friendly python scalar."""
+def plain_scalar(value):
+    """JSON-friendly python scalar (numpy ints and floats become int and float)."""
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
@@ -193,7 +193,7 @@ def normalise(argv: list[str]) -> tuple[dict, dict, str, str]:
         return _raw_config(argv), {}, '', message[0]
     except Exception as e:  # a model whose module fails to import
         return _raw_config(argv), {}, '', f'{type(e).__name__}: {e}'
-    values = {k: _plain(v) for k, v in vars(args).items()}
+    values = {k: plain_scalar(v) for k, v in vars(args).items()}
     config = {}
     for action in parser._actions:
         dest = action.dest

@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from utils import train_state
 from utils.atomic_write import atomic_write
-from utils.experiments import RunSpec, peek_arg, result_row, run_paths
+from utils.experiments import RunSpec, peek_arg, plain_scalar, result_row, run_paths
 from utils.results_csv import read_results, write_results
 from utils.run_progress import epoch_progress
 from utils.runtime import REPO_DIR, SRC_DIR
@@ -57,11 +55,7 @@ def _jsonable(obj):
         return {str(k): _jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    return obj
+    return plain_scalar(obj)
 
 
 def tail_text(text: str, lines: int = ERROR_LINES, chars: int = ERROR_CHARS) -> str:
