@@ -43,7 +43,7 @@ def child_command() -> list[str]:
 def child_main(argv: list[str]) -> int:
     """Child entry point: ``argv = [result_json, *main_argv]``. Runs ``main.main`` and writes its dict as JSON."""
     result_path, main_argv = argv[0], argv[1:]
-    import main  # noqa: WPS433 (imported here: the parent never needs torch for this)
+    import main  # the entry script, imported on use as in experiments.normalise (it loads the model registry)
     sys.argv = ['main.py', *main_argv]  # main logs ' '.join(sys.argv) as the command line
     results = main.main(main_argv)
     atomic_write(result_path, lambda f: f.write(json.dumps(_jsonable(results), indent=1).encode()))
