@@ -249,6 +249,49 @@ def test_early_stop_on_the_first_epochs_warns_of_the_plateau(dev, stop_epoch, wa
     assert ('start-up plateau' in log) == warned
 
 
+def test_snapshot_keeps_the_model_a_shorter_patience_ends_with(tiny_root, tmp_path, monkeypatch):
+    """Dev .1 .2 .15 .17 .16 .3 .25 .27 .26: --early_stop 3 stops at epoch 5 with epoch 2's model. A run without
+    early stopping but --snapshot_early_stop 3 trains on to epoch 9 and copies, at epoch 5, exactly that model; the
+    rule holding again at epoch 9 (best 6) does not replace the copy."""
+    dev = [.1, .2, .15, .17, .16, .3, .25, .27, .26]
+    script_dev_metric(monkeypatch, dev)
+    short = run_main('SASRec', tiny_root, tmp_path / 'short', '--epoch', '9', '--early_stop', '3')
+    assert (short['epochs'], short['best_epoch']) == (5, 2)
+    script_dev_metric(monkeypatch, dev)
+    long = run_main('SASRec', tiny_root, tmp_path / 'long', '--epoch', '9', '--early_stop', '0',
+                    '--snapshot_early_stop', '3')
+    assert (long['epochs'], long['best_epoch']) == (9, 6)
+    log = (tmp_path / 'long' / 'log' / 'SASRec.txt').read_text()
+    copy = tmp_path / 'long' / 'model' / 'SASRec.early_stop3.pt'
+    assert log.count('--early_stop 3 would stop here') == 1
+    assert log.index('--early_stop 3 would stop here (best dev epoch 2)') > log.index('Epoch 5 ')
+    expected = torch.load(tmp_path / 'short' / 'model' / 'SASRec.pt', weights_only=True)
+    kept = torch.load(copy, weights_only=True)
+    assert kept.keys() == expected.keys() and all(torch.equal(kept[k], expected[k]) for k in expected)
+    final = torch.load(tmp_path / 'long' / 'model' / 'SASRec.pt', weights_only=True)
+    assert not all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_snapshot_left_by_another_run_is_removed_and_a_missed_one_reported(tiny_root, tmp_path, monkeypatch):
+    """A from-scratch run whose shorter patience never stops must not leave another run's copy looking like its own;
+    a resumed run that passed that stop before the option was given says its model was not kept."""
+    stale = tmp_path / 'model' / 'SASRec.early_stop3.pt'
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b'another run')
+    script_dev_metric(monkeypatch, [.1, .2])
+    run_main('SASRec', tiny_root, tmp_path, '--epoch', '2', '--early_stop', '0', '--snapshot_early_stop', '3')
+    assert not stale.exists()
+    script_dev_metric(monkeypatch, [.15, .17, .16])
+    run_main('SASRec', tiny_root, tmp_path, '--epoch', '5', '--early_stop', '0', '--resume', '1')
+    script_dev_metric(monkeypatch, [.3])
+    run_main('SASRec', tiny_root, tmp_path, '--epoch', '6', '--early_stop', '0', '--resume', '1',
+             '--snapshot_early_stop', '3')
+    log = (tmp_path / 'log' / 'SASRec.txt').read_text()
+    assert ('--snapshot_early_stop 3: that patience stopped this run at epoch 5, before the option was given, so its '
+            'checkpoint was not kept.') in log
+    assert not stale.exists()
+
+
 def test_without_scheduler_the_rate_stays(tiny_root, tmp_path):
     run_main('SASRec', tiny_root, tmp_path, '--epoch', '3', '--early_stop', '0')
     assert 'Learning rate' not in (tmp_path / 'log' / 'SASRec.txt').read_text()

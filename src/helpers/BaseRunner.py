@@ -15,6 +15,7 @@ import gc
 import inspect
 import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ from utils import distributed as dist_utils
 from utils import metrics as metric_utils
 from utils import optim
 from utils import train_state
+from utils.atomic_write import atomic_write
 from utils.runtime import batch_to_device, check_dir
 
 
@@ -48,6 +50,12 @@ class BaseRunner:
                             help='Print test results every test_epoch (-1 means no print).')
         parser.add_argument('--early_stop', type=int, default=10,
                             help='The number of epochs when dev results drop continuously.')
+        parser.add_argument('--snapshot_early_stop', type=int, default=0,
+                            help='Also keep the model a run with --early_stop N would end with: when that '
+                                 'patience first stops, the best checkpoint so far is copied to <run '
+                                 'name>.early_stopN.pt. One run with a longer --early_stop then yields both '
+                                 'protocols (evaluate the copy with --train 0 --load 1 --model_path <copy>); '
+                                 'training is unchanged. 0 = off.')
         parser.add_argument('--time_budget', type=float, default=0,
                             help='Stop training (as early stopping does: best dev checkpoint restored, then '
                                  'the final report) before an epoch that would end after this many seconds '
@@ -112,6 +120,7 @@ class BaseRunner:
         self.test_epoch = args.test_epoch
         self.early_stop = args.early_stop
         self.time_budget = args.time_budget
+        self.snapshot_early_stop = getattr(args, 'snapshot_early_stop', 0)
         self.resume = bool(getattr(args, 'resume', 0))
         self.epochs_run = 0
         self.stop_reason = ''
@@ -235,6 +244,8 @@ class BaseRunner:
         loop_start = self._check_time(start=True)
         self.stop_reason = 'max_epoch'
         first_epoch = self._resume(model, data_dict, main_metric_results, dev_results) if self.resume else 0
+        if self.snapshot_early_stop > 0 and dist_utils.is_main():
+            self._check_snapshot(model, main_metric_results)
         train_s_before = self.train_s
         try:
             for epoch in range(first_epoch, self.epoch):
@@ -282,6 +293,8 @@ class BaseRunner:
                     logging.info(f'Stopped by --time_budget {self.time_budget:g} s after epoch {epoch + 1} '
                                  f'(best dev epoch {best}: {state}; --resume 1 continues it).')
                     stop = 'time_budget'
+                if self.snapshot_early_stop > 0 and dist_utils.is_main():
+                    self._snapshot(model, main_metric_results)
                 self.train_s = dist_utils.broadcast_object(train_s_before + time.time() - loop_start)  # rank 0's
                 self._save_state(model, data_dict, main_metric_results, dev_results,
                                  stop or ('max_epoch' if epoch + 1 == self.epoch else ''))
@@ -391,6 +404,29 @@ class BaseRunner:
             return self.epoch
         return self.epochs_run
 
+    def _check_snapshot(self, model: BaseModel, criterion: list[float]) -> None:
+        """Before training: a snapshot left by another run at this path is removed; one this (resumed) run should have
+        made but did not, because it passed that patience's stop without --snapshot_early_stop, is reported."""
+        path = train_state.snapshot_path(model.model_path, self.snapshot_early_stop)
+        passed = self.first_stop_epoch(criterion, self.snapshot_early_stop)
+        if not passed and os.path.exists(path):
+            os.remove(path)
+            logging.info(f'Removed {path}: another run\'s --snapshot_early_stop copy.')
+        elif passed and not os.path.exists(path):
+            logging.warning(f'--snapshot_early_stop {self.snapshot_early_stop}: that patience stopped this run at '
+                            f'epoch {passed}, before the option was given, so its checkpoint was not kept.')
+
+    def _snapshot(self, model: BaseModel, criterion: list[float]) -> None:
+        """Copy the best checkpoint at the epoch where ``--early_stop snapshot_early_stop`` first stops."""
+        patience = self.snapshot_early_stop
+        if self.first_stop_epoch(criterion, patience) != len(criterion):
+            return
+        path = train_state.snapshot_path(model.model_path, patience)
+        with open(model.model_path, 'rb') as best:
+            atomic_write(path, lambda f: shutil.copyfileobj(best, f))
+        logging.info(f'--early_stop {patience} would stop here (best dev epoch {self.best_epoch_of(criterion)}): '
+                     f'its model is copied to {path}')
+
     def _out_of_time(self, loop_start: float, epochs_done: int) -> bool:
         """True when one more epoch (at the mean epoch time so far) would end past ``--time_budget``."""
         if self.time_budget <= 0:
@@ -414,12 +450,18 @@ class BaseRunner:
         """1-based epoch of the best dev value (the first on ties); 0 before any epoch."""
         return criterion.index(max(criterion)) + 1 if criterion else 0
 
-    def eval_termination(self, criterion: list[float]) -> bool:
-        """ReChorus' rule: stop after ``early_stop`` non-increasing epochs or as many without a new best."""
-        tail = criterion[-self.early_stop:]
-        if len(criterion) > self.early_stop and all(a >= b for a, b in zip(tail, tail[1:])):
+    def eval_termination(self, criterion: list[float], patience: int | None = None) -> bool:
+        """ReChorus' rule: stop after ``early_stop`` (or ``patience``) non-increasing epochs or as many without a
+        new best."""
+        patience = self.early_stop if patience is None else patience
+        tail = criterion[-patience:]
+        if len(criterion) > patience and all(a >= b for a, b in zip(tail, tail[1:])):
             return True
-        return len(criterion) - self.best_epoch_of(criterion) >= self.early_stop
+        return len(criterion) - self.best_epoch_of(criterion) >= patience
+
+    def first_stop_epoch(self, criterion: list[float], patience: int) -> int:
+        """1-based epoch at which a run with ``--early_stop patience`` would have stopped; 0 if it would not yet."""
+        return next((n for n in range(1, len(criterion) + 1) if self.eval_termination(criterion[:n], patience)), 0)
 
     def fit(self, dataset: BaseModel.Dataset, epoch: int = -1) -> float:
         """One epoch; returns the mean batch loss (over all ranks' batches under torchrun)."""

@@ -41,7 +41,7 @@ from utils.results_csv import patience_of, stop_caveats
 IGNORED_IN_KEY = frozenset({
     'gpu', 'verbose', 'log_file', 'model_path', 'num_workers', 'pin_memory', 'eval_batch_size',
     'save_final_results', 'regenerate', 'buffer', 'plm_device', 'plm_batch_size', 'check_epoch',
-    'test_epoch', 'random_seed', 'ddp_backend', 'ddp_timeout'})
+    'test_epoch', 'random_seed', 'ddp_backend', 'ddp_timeout', 'snapshot_early_stop'})
 # Always part of the key, even at their default value.
 ALWAYS_IN_KEY = ('model_name', 'dataset')
 # Argument columns that duplicate a fixed column.

@@ -24,6 +24,13 @@ def state_path(model_path: str) -> str:
     return str(path.with_name(path.stem + '.state.pt') if path.suffix == '.pt' else Path(model_path + '.state.pt'))
 
 
+def snapshot_path(model_path: str, patience: int) -> str:
+    """``dir/name.pt`` → ``dir/name.early_stop<patience>.pt`` (the ``--snapshot_early_stop`` copy)."""
+    path = Path(model_path)
+    suffix = f'.early_stop{patience}.pt'
+    return str(path.with_name(path.stem + suffix) if path.suffix == '.pt' else Path(model_path + suffix))
+
+
 def generators(objects: dict[str, object]) -> dict[str, np.random.Generator]:
     """Every numpy Generator held as an attribute of the named objects (of every submodule, for a module)."""
     found = {}
