@@ -18,17 +18,20 @@ from utils.atomic_write import atomic_write
 KEYS = ('epoch', 'model', 'optimizer', 'schedulers', 'main_metric', 'dev_results', 'stop_reason', 'rng')
 
 
+def _beside(model_path: str, suffix: str) -> str:
+    """``dir/name.pt`` → ``dir/name<suffix>`` (a path without ``.pt`` gets ``suffix`` appended)."""
+    path = Path(model_path)
+    return str(path.with_name(path.stem + suffix) if path.suffix == '.pt' else Path(model_path + suffix))
+
+
 def state_path(model_path: str) -> str:
     """``dir/name.pt`` → ``dir/name.state.pt``."""
-    path = Path(model_path)
-    return str(path.with_name(path.stem + '.state.pt') if path.suffix == '.pt' else Path(model_path + '.state.pt'))
+    return _beside(model_path, '.state.pt')
 
 
 def snapshot_path(model_path: str, patience: int) -> str:
     """``dir/name.pt`` → ``dir/name.early_stop<patience>.pt`` (the ``--snapshot_early_stop`` copy)."""
-    path = Path(model_path)
-    suffix = f'.early_stop{patience}.pt'
-    return str(path.with_name(path.stem + suffix) if path.suffix == '.pt' else Path(model_path + suffix))
+    return _beside(model_path, f'.early_stop{patience}.pt')
 
 
 def generators(objects: dict[str, object]) -> dict[str, np.random.Generator]:
