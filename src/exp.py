@@ -264,6 +264,21 @@ def _seed_notes(rows: pd.DataFrame, best: pd.DataFrame, args: argparse.Namespace
     return notes
 
 
+def _wall_note(rows: pd.DataFrame, best: pd.DataFrame) -> list[str]:
+    """The compute behind the table: wall time summed over its runs, saying which rows count only part of it."""
+    chosen = set(zip(best['model'], best['dataset'], best['config']))
+    used = rows[[key in chosen for key in zip(rows['model'], rows['dataset'], rows['config'])]]
+    flag = {name: (pd.to_numeric(used[name], errors='coerce') if name in used else pd.Series(dtype=float))
+            for name in ('train', 'resume')}
+    evaluated, resumed = int((flag['train'] == 0).sum()), int((flag['resume'] == 1).sum())
+    text = f'Wall time: {used["wall_s"].sum() / 3600:.1f} h summed over the {len(used)} runs in the table'
+    if resumed:
+        text += f'; the rows continued with `--resume 1` ({resumed}) count only their last leg'
+    if evaluated:
+        text += f'; the rows that evaluate a saved model with `--train 0` ({evaluated}) count only that evaluation'
+    return [text + '.']
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     _, best = _selection(args)
     if best.empty:
@@ -298,7 +313,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(',') if m.strip()]
     table = reports.build_table(rows, best, metrics, args.by)
     markdown = reports.render_markdown(table, metrics, digits=args.digits, by=args.by, source=_sources(args),
-                                       notes=_seed_notes(rows, best, args))
+                                       notes=_seed_notes(rows, best, args) + _wall_note(rows, best))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, 'w') as f:
         f.write(markdown)

@@ -639,6 +639,25 @@ def test_partial_lets_a_model_short_of_seeds_in_at_its_most_seeded_configuration
     assert 'With fewer than 5 seeds (`--partial 1`): RCF on Office (3).' in md.read_text()
 
 
+def test_report_sums_the_wall_time_of_the_runs_in_the_table(tmp_path):
+    """The compute behind a table: the selected runs' wall time (not the grid's losing configurations), naming the
+    rows that hold only part of it: a continued run's last leg, an evaluation of a saved model."""
+    plan = [([], 0, 3600.0), (['--resume', '1'], 1, 1800.0), (['--train', '0', '--load', '1'], 2, 36.0),
+            (['--lr', '0.5'], 0, 7200.0)]
+    rows = []
+    for extra, seed, wall in plan:
+        argv = ['--model_name', 'KDA', '--dataset', 'Office', '--random_seed', str(seed)] + extra
+        dev = 0.1 if '--lr' in extra else 0.3
+        rows.append(ok_row(argv, {'dev': {'NDCG@5': dev}, 'test': {'NDCG@5': dev}, 'best_epoch': 9}, wall_s=wall))
+    rc.write_results(tmp_path / 'r.csv', rows)
+    md = tmp_path / 't.md'
+    assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md), '--metrics', 'NDCG@5',
+                     '--pool', 'resume,train,load']) == 0
+    assert 'Wall time: 1.5 h summed over the 3 runs in the table; the rows continued with `--resume 1` (1) count ' \
+           'only their last leg; the rows that evaluate a saved model with `--train 0` (1) count only that ' \
+           'evaluation.' in md.read_text()
+
+
 def test_report_marks_seeds_stopped_by_budget_or_on_the_plateau(tmp_path):
     """A budget-stopped run is a lower bound and an early stop with the best epoch within --early_stop is probably
     the start-up plateau: the table says which seeds, instead of averaging them in silently."""
