@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def continued_csv(path: str) -> str:
+    """Where the suggested ``--resume_runs`` command writes: beside the CSV it continues, so that the two are found
+    together (the default ``--out`` is ./results.csv of whatever folder the command runs in)."""
+    root, ext = os.path.splitext(path)
+    return f'{root}_continued{ext or ".csv"}'
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     commands = []
     for path in args.commands:
@@ -221,15 +228,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     rows = rc.read_results(args.out)
     rows = rows[rows['run_id'].isin({s.run_id for s in specs}) & (rows['status'] == 'ok')]
     caveats = rc.stop_caveats(rows)
+    resume = f'python src/exp.py run --resume_runs {args.out} --out {continued_csv(args.out)}'
     if (caveats == 'budget').any():
         print(f'{(caveats == "budget").sum()} run(s) stopped by --time_budget before early stopping, so their metrics '
-              f"are lower bounds; continue them from their last epoch: python src/exp.py run --resume_runs {args.out} "
-              "--base '--time_budget SECONDS'")
+              f"are lower bounds; continue them from their last epoch: {resume} --base '--time_budget SECONDS'")
     if (caveats == 'plateau').any():
         print(f'{(caveats == "plateau").sum()} run(s) early-stopped with their best dev epoch within the first '
               f'--early_stop epochs ({", ".join(rows.loc[caveats == "plateau", "run_id"])}): probably on the start-up '
-              'plateau, not converged; continue them from their last epoch with a longer patience: python '
-              f"src/exp.py run --resume_runs {args.out} --base '--early_stop 30'")
+              f"plateau, not converged; continue them from their last epoch with a longer patience: {resume} --base "
+              "'--early_stop 30'")
     return 1 if counts['failed'] else 0
 
 

@@ -399,7 +399,8 @@ def test_resume_runs_continue_the_unfinished_runs_from_their_training_state(tmp_
                             f"{tmp_path / 'data'} --epoch 3 --time_budget 0.001 --gpu '' --batch_size 64 --emb_size 8")
     assert (df['stop_reason'] == 'time_budget').all() and (df['epochs'] == 1).all()
     assert (f'3 run(s) stopped by --time_budget before early stopping, so their metrics are lower bounds; continue '
-            f'them from their last epoch: python src/exp.py run --resume_runs {first} ') in capsys.readouterr().out
+            f'them from their last epoch: python src/exp.py run --resume_runs {first} --out '
+            f"{tmp_path / 'first_continued.csv'} --base '--time_budget SECONDS'") in capsys.readouterr().out
     df.loc[df['seed'] == 2, 'stop_reason'] = 'early_stop'  # converged: never continued
     rc.write_results(first, df.to_dict('records'))
     Path(train_state.state_path(df.loc[df['seed'] == 1, 'model_path'].iloc[0])).unlink()
