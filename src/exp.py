@@ -58,8 +58,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                              "budget, Ctrl-C, --epoch reached) from their last epoch: each run's own arguments, "
                              "then --base and --grid (e.g. --base '--time_budget 3600'), then --resume 1 on its "
                              "checkpoint and seed; with a longer --early_stop in --base, also the runs that "
-                             "early-stopped on the start-up plateau. Reports pool it with the run it continues "
-                             "(--pool) and keep the latest.")
+                             "early-stopped on the start-up plateau (and it prints the command that continues each "
+                             "of the others). Reports pool it with the run it continues (--pool) and keep the latest.")
     parser.add_argument('--checkpoint_models', type=str, default='',
                         help='With --checkpoints or --resume_runs: comma-separated models whose runs are taken '
                              '(default: all).')
@@ -196,16 +196,23 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f'error: {option} reruns runs with their own arguments; change them with --base or --grid, '
                   'not --commands', file=sys.stderr)
             return 2
-        specs, missing = ex.checkpoint_specs(rc.read_results(source), base=shlex.split(args.base),
-                                             grid=ex.parse_grid(args.grid),
-                                             models=[m for m in args.checkpoint_models.split(',') if m] or None,
-                                             resume=bool(args.resume_runs))
+        finished, models = rc.read_results(source), [m for m in args.checkpoint_models.split(',') if m] or None
+        specs, missing = ex.checkpoint_specs(finished, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),
+                                             models=models, resume=bool(args.resume_runs))
         if missing:
             print(f'{len(missing)} runs of {source} have no {kind} on disk, skipped: '
                   f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}', file=sys.stderr)
-        if not specs:
-            print(f'error: no {kind} to {"continue" if args.resume_runs else "evaluate"} in {source}',
+        left = ex.converged_runs(finished, shlex.split(args.base), models) if args.resume_runs else finished.iloc[:0]
+        if len(left):
+            print(f'{len(left)} run(s) of {source} early-stopped after their best dev epoch had passed their first '
+                  f'--early_stop epochs, so they count as converged and are not continued ({", ".join(left["run_id"])})'
+                  '; a slow climber looks the same: to continue one with the longer patience anyway, run',
                   file=sys.stderr)
+            for _, row in left.iterrows():
+                print('  ' + ex.continue_command(row, shlex.split(args.base), continued_csv(source)), file=sys.stderr)
+        if not specs:
+            print(f'error: no {kind} to {"continue" if args.resume_runs else "evaluate"} in {source}'
+                  f'{" but those of the converged runs above" if len(left) else ""}', file=sys.stderr)
             return 2
     else:
         specs = ex.build_specs(commands or None, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),

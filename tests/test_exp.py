@@ -457,6 +457,29 @@ def test_a_longer_patience_continues_only_the_runs_that_stopped_on_the_plateau(t
     assert resumed('--early_stop 10') == [2]  # not longer than the patience it stopped with
     assert resumed('--early_stop 30') == [0, 2]
     assert resumed('--early_stop 0') == [0, 2]
+    assert ex.converged_runs(df, ['--time_budget', '600']).empty
+    assert ex.converged_runs(df, ['--early_stop', '10']).empty
+    converged = ex.converged_runs(df, ['--early_stop', '30'])
+    assert list(converged['seed']) == [1]
+    command = shlex.split(ex.continue_command(converged.iloc[0], ['--early_stop', '30'], 'more.csv'))
+    assert command[-6:] == ['--n_seeds', '1', '--seed0', '1', '--out', 'more.csv']
+    assert shlex.split(command[command.index('--base') + 1]) == [
+        '--model_name', 'SASRec', '--dataset', 'Office', '--early_stop', '30', '--resume', '1',
+        '--model_path', str(tmp_path / 's1.pt')]
+
+
+def test_resume_runs_names_the_converged_runs_a_longer_patience_leaves_alone(tmp_path, capsys):
+    """A run that early-stopped after its patience is not continued, but the user who asked for a longer one learns
+    which runs were left alone and the command that continues each anyway (a slow climber looks converged)."""
+    model_path = tmp_path / 's0.pt'
+    Path(train_state.state_path(str(model_path))).write_bytes(b'state')
+    stopped_runs(tmp_path / 'r.csv', 'SASRec', {0: ('early_stop', 40, ['--model_path', str(model_path)])})
+    assert exp.main(['run', '--resume_runs', str(tmp_path / 'r.csv'), '--base', '--early_stop 30',
+                     '--out', str(tmp_path / 'more.csv')]) == 2
+    err = capsys.readouterr().err
+    assert '1 run(s) of ' in err and 'count as converged and are not continued (SASRec-Office-s0-' in err
+    assert f"--seed0 0 --out {tmp_path / 'r_continued.csv'}" in err
+    assert 'but those of the converged runs above' in err
 
 
 def test_a_run_started_again_continues_its_earlier_attempt(tmp_path, tiny_outside_repo, monkeypatch):

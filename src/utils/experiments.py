@@ -278,6 +278,37 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, res
     return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
 
 
+def converged_runs(df: pd.DataFrame, base: list[str], models: list[str] | None = None) -> pd.DataFrame:
+    """The early-stopped runs (of ``models``) with a training state on disk that ``--resume_runs`` leaves alone as
+    converged although ``base`` asks for a longer ``--early_stop``: their best dev epoch came after their patience,
+    so the plateau rule passes them, but a slow climber looks the same, and only the user can tell the two apart."""
+    patience = peek_arg(list(base), 'early_stop')
+    if patience is None:
+        return df.iloc[:0]
+    rows = df[(df['status'] == 'ok') & (df['stop_reason'].fillna('') == 'early_stop')]
+    if models:
+        rows = rows[rows['model'].isin(models)]
+    longer = (int(patience) == 0) | (patience_of(rows) < int(patience))
+    rows = rows[longer & (stop_caveats(rows) != 'plateau')]
+    paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
+    return rows[np.array([bool(p) and os.path.isfile(train_state.state_path(p)) for p in paths], dtype=bool)]
+
+
+def continue_command(row: pd.Series, base: list[str], out: str) -> str:
+    """The ``exp.py run`` command that continues one finished run from its training state with ``base`` on top of
+    its own arguments: a run of its own, recorded in ``out`` beside the run it continues."""
+    tokens, own, i = shlex.split(str(row['argv'])), [], 0
+    while i < len(tokens):
+        if tokens[i] in ('--log_file', '--random_seed', '--resume', '--model_path'):
+            i += 2
+            continue
+        own.append(tokens[i])
+        i += 1
+    argv = own + list(base) + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')]
+    return (f'python src/exp.py run --base {shlex.quote(shlex.join(argv))} --n_seeds 1 --seed0 {int(row["seed"])} '
+            f'--out {shlex.quote(out)}')
+
+
 def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list[tuple[str, list[str]]] | None = None,
                      models: list[str] | None = None, resume: bool = False) -> tuple[list[RunSpec], list[str]]:
     """Runs that evaluate trained checkpoints again instead of training (e.g. with ``--text_fusion 1``), or, with
