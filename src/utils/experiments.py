@@ -278,6 +278,19 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, res
     return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
 
 
+def own_arguments(argv: list[str], drop: tuple[str, ...] = ()) -> list[str]:
+    """A recorded run's arguments without the log and model paths and the seed exp.py gave it (and ``drop``), to
+    run it again on top of other arguments."""
+    own, i = [], 0
+    while i < len(argv):
+        if argv[i] in ('--log_file', '--model_path', '--random_seed') + drop:
+            i += 2
+            continue
+        own.append(argv[i])
+        i += 1
+    return own
+
+
 def converged_runs(df: pd.DataFrame, base: list[str], models: list[str] | None = None) -> pd.DataFrame:
     """The early-stopped runs (of ``models``) with a training state on disk that ``--resume_runs`` leaves alone as
     converged although ``base`` asks for a longer ``--early_stop``: their best dev epoch came after their patience,
@@ -297,14 +310,8 @@ def converged_runs(df: pd.DataFrame, base: list[str], models: list[str] | None =
 def continue_command(row: pd.Series, base: list[str], out: str) -> str:
     """The ``exp.py run`` command that continues one finished run from its training state with ``base`` on top of
     its own arguments: a run of its own, recorded in ``out`` beside the run it continues."""
-    tokens, own, i = shlex.split(str(row['argv'])), [], 0
-    while i < len(tokens):
-        if tokens[i] in ('--log_file', '--random_seed', '--resume', '--model_path'):
-            i += 2
-            continue
-        own.append(tokens[i])
-        i += 1
-    argv = own + list(base) + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')]
+    tokens = shlex.split(str(row['argv']))
+    argv = own_arguments(tokens, ('--resume',)) + list(base) + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')]
     return (f'python src/exp.py run --base {shlex.quote(shlex.join(argv))} --n_seeds 1 --seed0 {int(row["seed"])} '
             f'--out {shlex.quote(out)}')
 
@@ -327,14 +334,7 @@ def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list
     specs, seen = [], set()
     for _, row in rows.iterrows():
         tokens = shlex.split(str(row['argv']))
-        checkpoint, own = peek_arg(tokens, 'model_path'), []
-        i = 0
-        while i < len(tokens):
-            if tokens[i] in ('--log_file', '--model_path', '--random_seed'):
-                i += 2
-                continue
-            own.append(tokens[i])
-            i += 1
+        checkpoint, own = peek_arg(tokens, 'model_path'), own_arguments(tokens)
         for point in expand_grid(grid or []):
             argv = own + list(base or []) + point + mode + ['--model_path', checkpoint]
             spec = _spec(argv, int(row['seed']))
