@@ -311,7 +311,8 @@ def continue_command(row: pd.Series, base: list[str], out: str) -> str:
     """The ``exp.py run`` command that continues one finished run from its training state with ``base`` on top of
     its own arguments: a run of its own, recorded in ``out`` beside the run it continues."""
     tokens = shlex.split(str(row['argv']))
-    argv = own_arguments(tokens, ('--resume',)) + list(base) + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')]
+    argv = (own_arguments(tokens, ('--resume',)) + list(base)
+            + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')])
     return (f'python src/exp.py run --base {shlex.quote(shlex.join(argv))} --n_seeds 1 --seed0 {int(row["seed"])} '
             f'--out {shlex.quote(out)}')
 
