@@ -697,6 +697,25 @@ def test_report_marks_seeds_stopped_by_budget_or_on_the_plateau(tmp_path):
     assert f'*budget*: {rc.CAVEATS["budget"]}; *plateau*: {rc.CAVEATS["plateau"]}.' in text
 
 
+def test_report_marks_a_seed_far_below_the_others_on_dev(tmp_path):
+    """A run can early-stop long after its patience and still sit at half the others' level (a poor solution, not
+    the plateau): the table names that seed, judged on dev against the median of the configuration's other seeds."""
+    assert list(rc.outlier_seeds(pd.Series([0.3, 0.3, 0.239]))) == [False, False, True]
+    assert list(rc.outlier_seeds(pd.Series([0.3, 0.3, 0.241]))) == [False, False, False]
+    assert not rc.outlier_seeds(pd.Series([0.3, 0.1])).any()  # two runs: which one is off is unknowable
+    rows = []
+    for seed, dev in enumerate([0.36, 0.35, 0.37, 0.20]):
+        argv = ['--model_name', 'KDA', '--dataset', 'Office', '--random_seed', str(seed)]
+        rows.append(ok_row(argv, {'dev': {m: dev for m in METRICS}, 'test': {m: dev for m in METRICS},
+                                  'best_epoch': 40, 'stop_reason': 'early_stop'}))
+    rc.write_results(tmp_path / 'r.csv', rows)
+    md = tmp_path / 'table.md'
+    assert exp.main(['report', '--csv', str(tmp_path / 'r.csv'), '--out', str(md)]) == 0
+    text = md.read_text()
+    assert next(line for line in text.splitlines() if line.startswith('| KDA |')).endswith('| 4 (outlier: seed 3) |')
+    assert f'*outlier*: {rc.CAVEATS["outlier"]}.' in text
+
+
 def fusion_results(tmp_path: Path) -> list[Path]:
     """Two CSVs: KDA seeds run with different budgets (seed 1 twice), then KDA_LRD --include_lrd 0
     --text_fusion 1 evaluated from those checkpoints, and a KDA_LRD with LRD and fusion on."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from utils.results_csv import CAVEATS, TEXT_VARIANTS, short_config, stop_caveats
+from utils.results_csv import CAVEATS, TEXT_VARIANTS, outlier_seeds, short_config, stop_caveats
 
 PAPER_ORDER = ['Caser', 'GRU4Rec', 'SASRec', 'TiSASRec', 'RCF', 'RCF_LRD', 'KDA', 'KDA_LRD']
 DAGGER, DOUBLE_DAGGER = '†', '‡'
@@ -150,6 +150,8 @@ def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: 
             for seed, caveat in zip(runs['seed'], stop_caveats(runs)):
                 if caveat:
                     entry.caveats.setdefault(caveat, []).append(int(seed))
+            if by in runs.columns and outlier_seeds(runs[by]).any():
+                entry.caveats['outlier'] = sorted(int(s) for s in runs.loc[outlier_seeds(runs[by]), 'seed'])
             for m in metrics:
                 v = np.array(list(values[m].values()), dtype=float)
                 entry.mean[m] = float(v.mean())

@@ -86,10 +86,15 @@ TEXT_VARIANTS = (('text_init', '+TI'), ('text_fusion', '+TF'))
 RESOURCE_ARGS = ('time_budget', 'early_stop', 'load', 'train', 'resume')
 
 
+OUTLIER_RATIO = 0.8  # a seed's dev metric under this fraction of the other seeds' median is an 'outlier'
+
 # Why a finished run's test metrics may not be a converged result; reports count such runs per cell.
 CAVEATS = {'budget': 'the run was stopped by --time_budget before early stopping: its metrics are a lower bound',
            'plateau': 'the run early-stopped with its best dev epoch within the first --early_stop epochs: it '
-                      'probably never left the start-up plateau (docs/results.md), so its metrics may be near chance'}
+                      'probably never left the start-up plateau (docs/results.md), so its metrics may be near chance',
+           'outlier': f'the run\'s dev metric is more than {1 - OUTLIER_RATIO:.0%} below the median of its '
+                      "configuration's other seeds: it converged to a poor solution (as KDA_LRD --q_balance 0.1 seed 4 "
+                      'on Office, docs/results.md), which weighs on the mean'}
 
 
 def patience_of(df: pd.DataFrame) -> pd.Series:
@@ -108,6 +113,17 @@ def stop_caveats(df: pd.DataFrame) -> pd.Series:
     plateau = reason.eq('early_stop') & (patience > 0) & best.le(patience)
     return pd.Series(np.select([reason.eq('time_budget').to_numpy(), plateau.to_numpy()], ['budget', 'plateau'], ''),
                      index=df.index, dtype=object)
+
+
+def outlier_seeds(dev: pd.Series) -> pd.Series:
+    """Per run of one configuration (``dev``: its dev selection metric), whether it is under :data:`OUTLIER_RATIO`
+    of the median of the other runs: a stop-based caveat misses a run that converged, only to a poor solution. Needs
+    three runs, so that the median of the others is not a single run."""
+    values = pd.to_numeric(dev, errors='coerce').to_numpy(dtype=float)
+    if len(values) < 3:
+        return pd.Series(False, index=dev.index)
+    others = np.array([np.nanmedian(np.delete(values, i)) for i in range(len(values))])
+    return pd.Series(values < OUTLIER_RATIO * others, index=dev.index)
 
 
 def label_text_variants(df: pd.DataFrame) -> pd.DataFrame:
