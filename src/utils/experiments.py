@@ -257,6 +257,11 @@ def peek_arg(argv: list[str], name: str) -> str | None:
     return getattr(parser.parse_known_args(argv)[0], name)
 
 
+def longer_patience(rows: pd.DataFrame, early_stop: int) -> pd.Series:
+    """Per run, whether ``early_stop`` (0 = none) is a longer patience than the one it ran with."""
+    return (early_stop == 0) | (patience_of(rows) < early_stop)
+
+
 def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, resumable: bool = False,
                           early_stop: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Finished runs (of ``models``) whose checkpoint, the ``--model_path`` of their arguments, is on disk; and the
@@ -270,8 +275,7 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, res
     if resumable:
         stopped = rows['stop_reason'].fillna('') == 'early_stop'
         if early_stop is not None:
-            longer = (early_stop == 0) | (patience_of(rows) < early_stop)
-            stopped &= ~(longer & (stop_caveats(rows) == 'plateau'))
+            stopped &= ~(longer_patience(rows, early_stop) & (stop_caveats(rows) == 'plateau'))
         rows = rows[~stopped]
     paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
     present = np.array([os.path.isfile(train_state.state_path(p) if resumable and p else p) for p in paths], dtype=bool)
@@ -301,8 +305,7 @@ def converged_runs(df: pd.DataFrame, base: list[str], models: list[str] | None =
     rows = df[(df['status'] == 'ok') & (df['stop_reason'].fillna('') == 'early_stop')]
     if models:
         rows = rows[rows['model'].isin(models)]
-    longer = (int(patience) == 0) | (patience_of(rows) < int(patience))
-    rows = rows[longer & (stop_caveats(rows) != 'plateau')]
+    rows = rows[longer_patience(rows, int(patience)) & (stop_caveats(rows) != 'plateau')]
     paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
     return rows[np.array([bool(p) and os.path.isfile(train_state.state_path(p)) for p in paths], dtype=bool)]
 

@@ -150,8 +150,9 @@ def build_table(rows: pd.DataFrame, best: pd.DataFrame, metrics: list[str], by: 
             for seed, caveat in zip(runs['seed'], stop_caveats(runs)):
                 if caveat:
                     entry.caveats.setdefault(caveat, []).append(int(seed))
-            if by in runs.columns and outlier_seeds(runs[by]).any():
-                entry.caveats['outlier'] = sorted(int(s) for s in runs.loc[outlier_seeds(runs[by]), 'seed'])
+            outliers = outlier_seeds(runs[by]) if by in runs.columns else pd.Series(False, index=runs.index)
+            if outliers.any():
+                entry.caveats['outlier'] = sorted(int(s) for s in runs.loc[outliers, 'seed'])
             for m in metrics:
                 v = np.array(list(values[m].values()), dtype=float)
                 entry.mean[m] = float(v.mean())
