@@ -197,19 +197,20 @@ def cmd_run(args: argparse.Namespace) -> int:
                   'not --commands', file=sys.stderr)
             return 2
         finished, models = rc.read_results(source), [m for m in args.checkpoint_models.split(',') if m] or None
-        specs, missing = ex.checkpoint_specs(finished, base=shlex.split(args.base), grid=ex.parse_grid(args.grid),
-                                             models=models, resume=bool(args.resume_runs))
+        base = shlex.split(args.base)
+        specs, missing = ex.checkpoint_specs(finished, base=base, grid=ex.parse_grid(args.grid), models=models,
+                                             resume=bool(args.resume_runs))
         if missing:
             print(f'{len(missing)} runs of {source} have no {kind} on disk, skipped: '
                   f'{", ".join(missing[:5])}{" ..." if len(missing) > 5 else ""}', file=sys.stderr)
-        left = ex.converged_runs(finished, shlex.split(args.base), models) if args.resume_runs else finished.iloc[:0]
+        left = ex.converged_runs(finished, base, models) if args.resume_runs else finished.iloc[:0]
         if len(left):
             print(f'{len(left)} run(s) of {source} early-stopped after their best dev epoch had passed their first '
                   f'--early_stop epochs, so they count as converged and are not continued ({", ".join(left["run_id"])})'
                   '; a slow climber looks the same: to continue one with the longer patience anyway, run',
                   file=sys.stderr)
             for _, row in left.iterrows():
-                print('  ' + ex.continue_command(row, shlex.split(args.base), continued_csv(source)), file=sys.stderr)
+                print('  ' + ex.continue_command(row, base, continued_csv(source)), file=sys.stderr)
         if not specs:
             print(f'error: no {kind} to {"continue" if args.resume_runs else "evaluate"} in {source}'
                   f'{" but those of the converged runs above" if len(left) else ""}', file=sys.stderr)

@@ -262,6 +262,18 @@ def longer_patience(rows: pd.DataFrame, early_stop: int) -> pd.Series:
     return (early_stop == 0) | (patience_of(rows) < early_stop)
 
 
+def _finished(df: pd.DataFrame, models: list[str] | None) -> pd.DataFrame:
+    """The runs of ``df`` (of ``models``) that finished."""
+    rows = df[df['status'] == 'ok']
+    return rows[rows['model'].isin(models)] if models else rows
+
+
+def _on_disk(rows: pd.DataFrame, resumable: bool) -> np.ndarray:
+    """Per run, whether the checkpoint of its ``--model_path`` (with ``resumable``, its training state) exists."""
+    paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
+    return np.array([os.path.isfile(train_state.state_path(p) if resumable and p else p) for p in paths], dtype=bool)
+
+
 def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, resumable: bool = False,
                           early_stop: int | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Finished runs (of ``models``) whose checkpoint, the ``--model_path`` of their arguments, is on disk; and the
@@ -269,16 +281,13 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, res
     (``--resume 1``, utils/train_state.py) is on disk and that did not stop early; with a new ``early_stop`` (0 =
     none) larger than theirs, also those that stopped early on the start-up plateau (results_csv.stop_caveats),
     which the longer patience may let out of it. Converged runs are never continued."""
-    rows = df[df['status'] == 'ok']
-    if models:
-        rows = rows[rows['model'].isin(models)]
+    rows = _finished(df, models)
     if resumable:
         stopped = rows['stop_reason'].fillna('') == 'early_stop'
         if early_stop is not None:
             stopped &= ~(longer_patience(rows, early_stop) & (stop_caveats(rows) == 'plateau'))
         rows = rows[~stopped]
-    paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
-    present = np.array([os.path.isfile(train_state.state_path(p) if resumable and p else p) for p in paths], dtype=bool)
+    present = _on_disk(rows, resumable)
     return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
 
 
@@ -302,12 +311,10 @@ def converged_runs(df: pd.DataFrame, base: list[str], models: list[str] | None =
     patience = peek_arg(list(base), 'early_stop')
     if patience is None:
         return df.iloc[:0]
-    rows = df[(df['status'] == 'ok') & (df['stop_reason'].fillna('') == 'early_stop')]
-    if models:
-        rows = rows[rows['model'].isin(models)]
-    rows = rows[longer_patience(rows, int(patience)) & (stop_caveats(rows) != 'plateau')]
-    paths = [peek_arg(shlex.split(str(argv)), 'model_path') or '' for argv in rows['argv']]
-    return rows[np.array([bool(p) and os.path.isfile(train_state.state_path(p)) for p in paths], dtype=bool)]
+    rows = _finished(df, models)
+    rows = rows[(rows['stop_reason'].fillna('') == 'early_stop') & longer_patience(rows, int(patience))
+                & (stop_caveats(rows) != 'plateau')]
+    return rows[_on_disk(rows, resumable=True)]
 
 
 def continue_command(row: pd.Series, base: list[str], out: str) -> str:
