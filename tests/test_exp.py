@@ -468,6 +468,28 @@ def test_a_longer_patience_continues_only_the_runs_that_stopped_on_the_plateau(t
         '--model_path', str(tmp_path / 's1.pt')]
 
 
+def test_last_wins_keeps_each_option_once_with_the_value_argparse_keeps():
+    """A run continued twice carries each --time_budget it was given; the command built from it keeps only the last
+    one, in the last one's place, and leaves negative values, flags and --key=value forms intact."""
+    argv = ['--model_name', 'KDA', '--time_budget', '7800', '--gamma', '-1', '--time_budget', '1800',
+            '--early_stop=10', '--resume', '1', '--early_stop', '30', '--time_budget', '8400', '--dry']
+    assert ex.last_wins(argv) == ['--model_name', 'KDA', '--gamma', '-1', '--resume', '1', '--early_stop', '30',
+                                  '--time_budget', '8400', '--dry']
+    assert ex.last_wins([]) == []
+
+
+def test_a_resumed_run_is_resumed_again_with_each_option_once(tmp_path):
+    """Resuming a run whose own arguments already hold --time_budget and --resume gives one of each."""
+    model_path = tmp_path / 's0.pt'
+    Path(train_state.state_path(str(model_path))).write_bytes(b'state')
+    extra = ['--time_budget', '7800', '--resume', '1', '--time_budget', '1800', '--model_path', str(model_path)]
+    df = stopped_runs(tmp_path / 'r.csv', 'SASRec', {0: ('time_budget', 26, extra)})
+    (spec,), missing = ex.checkpoint_specs(df, base=['--time_budget', '600'], resume=True)
+    assert not missing
+    assert spec.argv == ['--model_name', 'SASRec', '--dataset', 'Office', '--time_budget', '600', '--resume', '1',
+                         '--model_path', str(model_path), '--random_seed', '0']
+
+
 def test_resume_runs_names_the_converged_runs_a_longer_patience_leaves_alone(tmp_path, capsys):
     """A run that early-stopped after its patience is not continued, but the user who asked for a longer one learns
     which runs were left alone and the command that continues each anyway (a slow climber looks converged)."""

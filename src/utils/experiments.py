@@ -291,17 +291,32 @@ def runs_with_checkpoints(df: pd.DataFrame, models: list[str] | None = None, res
     return rows[present], [str(r) for r in rows.loc[~present, 'run_id']]
 
 
-def own_arguments(argv: list[str], drop: tuple[str, ...] = ()) -> list[str]:
-    """A recorded run's arguments without the log and model paths and the seed exp.py gave it (and ``drop``), to
-    run it again on top of other arguments."""
+def own_arguments(argv: list[str]) -> list[str]:
+    """A recorded run's arguments without the log and model paths and the seed exp.py gave it, to run it again on top
+    of other arguments."""
     own, i = [], 0
     while i < len(argv):
-        if argv[i] in ('--log_file', '--model_path', '--random_seed') + drop:
+        if argv[i] in ('--log_file', '--model_path', '--random_seed'):
             i += 2
             continue
         own.append(argv[i])
         i += 1
     return own
+
+
+def last_wins(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--option`` once, at its last place and with its last value (the one argparse keeps), so
+    that a run continued several times does not carry every ``--time_budget`` it was ever given."""
+    pairs, i = [], 0
+    while i < len(argv):
+        takes_value = argv[i].startswith('--') and '=' not in argv[i] and i + 1 < len(argv) \
+            and not argv[i + 1].startswith('--')
+        pairs.append(argv[i:i + 2] if takes_value else argv[i:i + 1])
+        i += len(pairs[-1])
+    keys = [pair[0].split('=', 1)[0] if pair[0].startswith('--') else None for pair in pairs]
+    last = {key: n for n, key in enumerate(keys) if key is not None}
+    return [token for n, (key, pair) in enumerate(zip(keys, pairs)) if key is None or last[key] == n
+            for token in pair]
 
 
 def converged_runs(df: pd.DataFrame, base: list[str], models: list[str] | None = None) -> pd.DataFrame:
@@ -321,8 +336,8 @@ def continue_command(row: pd.Series, base: list[str], out: str) -> str:
     """The ``exp.py run`` command that continues one finished run from its training state with ``base`` on top of
     its own arguments: a run of its own, recorded in ``out`` beside the run it continues."""
     tokens = shlex.split(str(row['argv']))
-    argv = (own_arguments(tokens, ('--resume',)) + list(base)
-            + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')])
+    argv = last_wins(own_arguments(tokens) + list(base)
+                     + ['--resume', '1', '--model_path', peek_arg(tokens, 'model_path')])
     return (f'python src/exp.py run --base {shlex.quote(shlex.join(argv))} --n_seeds 1 --seed0 {int(row["seed"])} '
             f'--out {shlex.quote(out)}')
 
@@ -347,7 +362,7 @@ def checkpoint_specs(df: pd.DataFrame, base: list[str] | None = None, grid: list
         tokens = shlex.split(str(row['argv']))
         checkpoint, own = peek_arg(tokens, 'model_path'), own_arguments(tokens)
         for point in expand_grid(grid or []):
-            argv = own + list(base or []) + point + mode + ['--model_path', checkpoint]
+            argv = last_wins(own + list(base or []) + point + mode + ['--model_path', checkpoint])
             spec = _spec(argv, int(row['seed']))
             if spec.run_id not in seen:
                 seen.add(spec.run_id)
