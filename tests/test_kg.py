@@ -441,3 +441,33 @@ def test_padding_entity_and_padded_slots_do_not_change_scores(model_name, tiny_r
         # control: the same perturbation of a real history item does change the scores
         model.entity_embeddings.weight[int(batch['history_items'][0, 0])] += torch.randn(model.emb_size) * 10
         assert not torch.allclose(model(changed)['prediction'], before, atol=1e-3)
+
+
+def set_flat_decay(model: KDA, level: float) -> None:
+    """Every relation's temporal kernel constant at ``level``: only the zero-frequency coefficient, which the
+    conjugate-symmetric spectrum counts twice over 2F terms."""
+    with torch.no_grad():
+        model.freq_real.weight.zero_()
+        model.freq_imag.weight.zero_()
+        model.freq_real.weight[:, 0] = level * 2 * model.freq_dim
+
+
+def test_epoch_summary_reports_the_temporal_weight_of_the_training_batches(tiny_root):
+    model, data = build('KDA', tiny_root)
+    batch = padded_batch(data)
+    cells = int((batch['history_items'] > 0).sum()) * model.relation_num
+    set_flat_decay(model, 0.25)
+    with torch.no_grad():
+        model(batch)  # evaluation: not counted
+        assert model.epoch_summary() == ''
+        model.train()
+        model(batch)
+        model(batch)
+    assert model.epoch_summary() == (f'KDA temporal weight over {2 * cells:,} (history item, relation) cells: '
+                                     'mean 0.25, 0.0% clamped to 0')
+    assert model.epoch_summary() == ''  # reset after each report
+    set_flat_decay(model, -0.5)
+    with torch.no_grad():
+        model(batch)
+    assert model.epoch_summary() == (f'KDA temporal weight over {cells:,} (history item, relation) cells: mean 0, '
+                                     '100.0% clamped to 0; near 0 everywhere: the history is switched off')

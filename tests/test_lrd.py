@@ -616,7 +616,10 @@ def test_one_epoch_with_feature_file(model, extra, tiny_root, tmp_path):
     log = next((tmp_path / 'log').glob('*.txt')).read_text()
     assert f'Item text features from feat:test: ({N_ITEMS + 1}, {FEAT_DIM})' in log
     epoch_line = log.index('Epoch 1 ')
-    assert log.index('LRD q over ', epoch_line) > epoch_line  # the epoch's q summary follows its line
+    q_line = log.index('LRD q over ', epoch_line)
+    assert q_line > epoch_line  # the epoch's q summary follows its line
+    if model == 'KDA_LRD':  # then the backbone's, on a line of its own
+        assert log.index('\n            KDA temporal weight over ', q_line) > q_line
 
 
 def test_main_calibrates_text_fusion_logs_it_and_saves_beta(tiny_root, tmp_path):

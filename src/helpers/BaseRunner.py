@@ -275,9 +275,8 @@ class BaseRunner:
                     dist_utils.barrier()
                     logging_str += ' *'
                 logging.info(logging_str)
-                summary = model.epoch_summary()
-                if summary:
-                    logging.info(f'            {summary}')
+                for line in model.epoch_summary().splitlines():
+                    logging.info(f'            {line}')
                 self._step_lr(model, main_metric_results[-1], epoch + 1)
                 self.epochs_run = epoch + 1
                 stop = ''

@@ -323,8 +323,9 @@ class LRDModel:
         return True
 
     def epoch_summary(self) -> str:
+        backbone = super().epoch_summary()
         if self.lrd is None:
-            return super().epoch_summary()
+            return backbone
         summary = self.lrd.summary()
         self.lrd.reset_statistics()
-        return summary
+        return '\n'.join(line for line in (summary, backbone) if line)
