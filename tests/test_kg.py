@@ -471,3 +471,13 @@ def test_epoch_summary_reports_the_temporal_weight_of_the_training_batches(tiny_
         model(batch)
     assert model.epoch_summary() == (f'KDA temporal weight over {cells:,} (history item, relation) cells: mean 0, '
                                      '100.0% clamped to 0; near 0 everywhere: the history is switched off')
+
+
+@pytest.mark.parametrize('freq_rand', ['0', '1'])
+def test_decay_init_lifts_every_kernel_by_a_constant(freq_rand, tiny_root):
+    """--decay_init L adds L to each relation's temporal weight at every gap, keeping the shape of its start."""
+    gaps = torch.linspace(0, 20, 41)
+    base, _ = build('KDA', tiny_root, '--freq_rand', freq_rand)
+    lifted, _ = build('KDA', tiny_root, '--freq_rand', freq_rand, '--decay_init', '0.1')
+    with torch.no_grad():
+        torch.testing.assert_close(lifted.idft_decay(gaps), base.idft_decay(gaps) + 0.1, rtol=0, atol=1e-6)
