@@ -86,7 +86,7 @@ class KDA(RCF):
 
     def epoch_summary(self) -> str:
         """The temporal weight the history got over the epoch's training batches. Coefficients drawn from N(0, 0.01)
-        start it near 1e-3, half of it clamped to 0, so the history barely counts at first; a run whose weight then
+        start it near 3e-4, half of it clamped to 0, so the history barely counts at first; a run whose weight then
         falls towards 0 everywhere ignores the history for good (docs/results.md, *the collapsed temporal kernel*)."""
         if self.decay_stats is None or not float(self.decay_stats[2]):
             return ''
