@@ -12,6 +12,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / 'src'))
+sys.path.insert(1, str(REPO / 'bench'))
 
 import main  # noqa: E402
 from helpers.KDAReader import KDAReader  # noqa: E402
@@ -19,6 +20,7 @@ from helpers.KGReader import KGReader  # noqa: E402
 from models.BaseModel import BaseModel  # noqa: E402
 from models.sequential.KDA import KDA  # noqa: E402
 from models.sequential.RCF import RCF  # noqa: E402
+from temporal_kernel import main as temporal_kernel  # noqa: E402
 from tiny_data import make_tiny_dataset  # noqa: E402
 from utils.io import DataFormatError  # noqa: E402
 
@@ -481,3 +483,26 @@ def test_decay_init_lifts_every_kernel_by_a_constant(freq_rand, tiny_root):
     lifted, _ = build('KDA', tiny_root, '--freq_rand', freq_rand, '--decay_init', '0.1')
     with torch.no_grad():
         torch.testing.assert_close(lifted.idft_decay(gaps), base.idft_decay(gaps) + 0.1, rtol=0, atol=1e-6)
+
+
+def test_temporal_kernel_script_reads_checkpoints_and_training_states(tiny_root, tmp_path, capsys):
+    """bench/temporal_kernel.py: the clamped decay of a saved model over the gap grid, from a checkpoint (state
+    dict) or a training state (with its epoch); a model without a kernel is refused by name."""
+    model, _ = build('KDA', tiny_root)
+    set_flat_decay(model, 0.25)
+    with torch.no_grad():
+        model.freq_real.weight[0, 0] = -0.5 * 2 * model.freq_dim  # relation 0 clamped to 0 everywhere
+    torch.save(model.state_dict(), tmp_path / 'm.pt')
+    torch.save({'epoch': 7, 'model': model.state_dict()}, tmp_path / 'm.state.pt')
+    checkpoint, state = temporal_kernel([str(tmp_path / 'm.pt'), str(tmp_path / 'm.state.pt'), '--max_gap', '5'])
+    r = model.relation_num
+    assert checkpoint['epoch'] is None and state['epoch'] == 7
+    for row in (checkpoint, state):
+        assert row['mean'] == pytest.approx(0.25 * (r - 1) / r, abs=1e-6)
+        assert row['clamped_to_0'] == pytest.approx(1 / r)
+        assert row['relation_means'] == pytest.approx([0.] + [0.25] * (r - 1), abs=1e-6)
+    assert capsys.readouterr().out.count('"mean"') == 2
+    rcf, _ = build('RCF', tiny_root)
+    torch.save(rcf.state_dict(), tmp_path / 'rcf.pt')
+    with pytest.raises(SystemExit, match='rcf.pt: no freq_real.weight, not a KDA or KDA_LRD model'):
+        temporal_kernel([str(tmp_path / 'rcf.pt')])

@@ -49,8 +49,7 @@ class KDA(RCF):
         super()._define_params()
         self.freq_real = nn.Embedding(self.relation_num, self.freq_dim)
         self.freq_imag = nn.Embedding(self.relation_num, self.freq_dim)
-        freq = np.linspace(0, 1, self.freq_dim) / 2.
-        self.register_buffer('freqs', torch.from_numpy(np.concatenate((freq, -freq))).float(), persistent=False)
+        self.register_buffer('freqs', self.frequencies(self.freq_dim), persistent=False)
 
     def actions_before_train(self) -> None:
         """``--freq_rand 0``: start the predefined relations from their interval spectra; ``--decay_init``: lift
@@ -63,12 +62,25 @@ class KDA(RCF):
             # the conjugate-symmetric spectrum counts the zero frequency twice over 2 * freq_dim terms (idft_decay)
             self.freq_real.weight[:, 0] += self.decay_init * 2 * self.freq_dim
 
-    def idft_decay(self, delta_t: torch.Tensor) -> torch.Tensor:
-        """Real inverse DFT of each relation's coefficients at the (log-scaled) gaps: B × H × R."""
-        x_real = torch.cat([self.freq_real.weight, self.freq_real.weight], dim=-1)  # conjugate symmetric
-        x_imag = torch.cat([self.freq_imag.weight, -self.freq_imag.weight], dim=-1)
-        w = 2. * np.pi * self.freqs * delta_t.unsqueeze(-1)  # B × H × 2F
+    @staticmethod
+    def frequencies(freq_dim: int) -> torch.Tensor:
+        """The 2F frequencies of the coefficients: F from 0 to 1/2, then their negatives."""
+        freq = np.linspace(0, 1, freq_dim) / 2.
+        return torch.from_numpy(np.concatenate((freq, -freq))).float()
+
+    @staticmethod
+    def inverse_dft(freq_real: torch.Tensor, freq_imag: torch.Tensor, freqs: torch.Tensor,
+                    delta_t: torch.Tensor) -> torch.Tensor:
+        """Real inverse DFT of R relations' F coefficients at the (log-scaled) gaps: … × R, before the clamp.
+        A static function, so that a saved state dict can be inspected without the data (bench/temporal_kernel.py)."""
+        x_real = torch.cat([freq_real, freq_real], dim=-1)  # conjugate symmetric
+        x_imag = torch.cat([freq_imag, -freq_imag], dim=-1)
+        w = 2. * np.pi * freqs * delta_t.unsqueeze(-1)  # … × 2F
         return (w.cos() @ x_real.T - w.sin() @ x_imag.T) / (2. * x_real.shape[-1])
+
+    def idft_decay(self, delta_t: torch.Tensor) -> torch.Tensor:
+        """Each relation's decay at the (log-scaled) gaps, before the clamp: B × H × R."""
+        return self.inverse_dft(self.freq_real.weight, self.freq_imag.weight, self.freqs, delta_t)
 
     def history_weights(self, feed_dict: dict) -> torch.Tensor:
         attention = self.relational_attention(feed_dict)  # B × C × H × R
