@@ -59,7 +59,7 @@ class KDA(RCF):
                 n = self.freq_x.shape[0]
                 self.freq_real.weight[:n].copy_(torch.from_numpy(np.real(self.freq_x)).float())
                 self.freq_imag.weight[:n].copy_(torch.from_numpy(np.imag(self.freq_x)).float())
-            # the conjugate-symmetric spectrum counts the zero frequency twice over 2 * freq_dim terms (idft_decay)
+            # the conjugate-symmetric spectrum counts the zero frequency twice over 2 * freq_dim terms (inverse_dft)
             self.freq_real.weight[:, 0] += self.decay_init * 2 * self.freq_dim
 
     @staticmethod
