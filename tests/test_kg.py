@@ -487,7 +487,7 @@ def test_decay_init_lifts_every_kernel_by_a_constant(freq_rand, tiny_root):
 
 def test_temporal_kernel_script_reads_checkpoints_and_training_states(tiny_root, tmp_path, capsys):
     """bench/temporal_kernel.py: the clamped decay of a saved model over the gap grid, from a checkpoint (state
-    dict) or a training state (with its epoch); a model without a kernel is refused by name."""
+    dict) or a training state (with its epoch); a model without a kernel and a truncated file are refused by name."""
     model, _ = build('KDA', tiny_root)
     set_flat_decay(model, 0.25)
     with torch.no_grad():
@@ -506,3 +506,6 @@ def test_temporal_kernel_script_reads_checkpoints_and_training_states(tiny_root,
     torch.save(rcf.state_dict(), tmp_path / 'rcf.pt')
     with pytest.raises(SystemExit, match='rcf.pt: no freq_real.weight, not a KDA or KDA_LRD model'):
         temporal_kernel([str(tmp_path / 'rcf.pt')])
+    (tmp_path / 'cut.pt').write_bytes((tmp_path / 'm.pt').read_bytes()[:100])
+    with pytest.raises(SystemExit, match=r'cut.pt: not a readable checkpoint or training state \('):
+        temporal_kernel([str(tmp_path / 'cut.pt')])
