@@ -18,14 +18,15 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
 from models.sequential.KDA import KDA  # noqa: E402
+from utils import train_state  # noqa: E402
 
 
 def kernel_summary(path: str, max_gap: float, points: int = 201) -> dict:
     """The clamped decay of the model saved at ``path`` over ``points`` gaps from 0 to ``max_gap``."""
     try:
-        saved = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises several types (and pages of text) for truncated or foreign files
-        raise SystemExit(f'{path}: not a readable checkpoint or training state ({type(exc).__name__})') from exc
+        saved = train_state.read(path, 'checkpoint or training state')
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
     state = saved['model'] if isinstance(saved, dict) and 'model' in saved else saved
     if 'freq_real.weight' not in state:
         raise SystemExit(f'{path}: no freq_real.weight, not a KDA or KDA_LRD model')

@@ -70,13 +70,17 @@ def save(path: str, state: dict) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def read(path: str, what: str, hint: str = '') -> object:
+    """torch.load on the CPU, tensors only; a truncated or foreign file is one ValueError naming it and ``what``."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as exc:  # torch raises several types (and pages of text) for truncated or foreign files
+        raise ValueError(f'{path}: not a readable {what} ({type(exc).__name__}){hint}') from exc
+
+
 def load(path: str) -> dict:
     """Read a state file; an unreadable or incomplete one is an error that says how to start over."""
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises several types (and pages of text) for truncated or foreign files
-        raise ValueError(f'{path}: not a readable training state ({type(exc).__name__}); '
-                         f'delete it to train from scratch') from exc
+    state = read(path, 'training state', '; delete it to train from scratch')
     missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f'{path}: training state without {missing}; delete it to train from scratch')
