@@ -18,13 +18,13 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'src'))
 
 from models.sequential.KDA import KDA  # noqa: E402
-from utils import train_state  # noqa: E402
+from utils import torch_file  # noqa: E402
 
 
 def kernel_summary(path: str, max_gap: float, points: int = 201) -> dict:
     """The clamped decay of the model saved at ``path`` over ``points`` gaps from 0 to ``max_gap``."""
     try:
-        saved = train_state.read(path, 'checkpoint or training state')
+        saved = torch_file.load(path, 'checkpoint or training state')
     except ValueError as exc:
         raise SystemExit(str(exc)) from exc
     state = saved['model'] if isinstance(saved, dict) and 'model' in saved else saved

@@ -509,3 +509,29 @@ def test_temporal_kernel_script_reads_checkpoints_and_training_states(tiny_root,
     (tmp_path / 'cut.pt').write_bytes((tmp_path / 'm.pt').read_bytes()[:100])
     with pytest.raises(SystemExit, match=r'cut.pt: not a readable checkpoint or training state \('):
         temporal_kernel([str(tmp_path / 'cut.pt')])
+
+
+def test_load_model_round_trip_and_clear_errors(tiny_root, tmp_path):
+    """save_model / load_model restore the weights; a missing, truncated or mismatched checkpoint is one error
+    naming the file and the likely cause, not torch's traceback."""
+    model, _ = build('KDA', tiny_root)
+    model.save_model(str(tmp_path / 'kda.pt'))
+    assert [p.name for p in tmp_path.iterdir()] == ['kda.pt']  # the temp file of the atomic write is gone
+    other, _ = build('KDA', tiny_root)
+    with torch.no_grad():
+        for p in other.parameters():
+            p.add_(1.0)
+    other.load_model(str(tmp_path / 'kda.pt'))
+    for name, value in model.state_dict().items():
+        torch.testing.assert_close(other.state_dict()[name], value, rtol=0, atol=0)
+    with pytest.raises(FileNotFoundError, match=r'none.pt: no checkpoint there; train one first \(--train 1\)'):
+        other.load_model(str(tmp_path / 'none.pt'))
+    (tmp_path / 'cut.pt').write_bytes((tmp_path / 'kda.pt').read_bytes()[:100])
+    with pytest.raises(ValueError, match=r'cut.pt: not a readable checkpoint \('):
+        other.load_model(str(tmp_path / 'cut.pt'))
+    wider, _ = build('KDA', tiny_root, '--emb_size', '32')
+    with pytest.raises(ValueError, match=r'kda.pt: does not fit KDA built from these arguments .*size mismatch'):
+        wider.load_model(str(tmp_path / 'kda.pt'))
+    rcf, _ = build('RCF', tiny_root)
+    with pytest.raises(ValueError, match=r'kda.pt: does not fit RCF .*Unexpected key'):
+        rcf.load_model(str(tmp_path / 'kda.pt'))

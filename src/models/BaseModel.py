@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset as TorchDataset
 
-from utils.runtime import check_dir
+from utils import torch_file
 from utils.sampling import sample_excluding
 
 if TYPE_CHECKING:
@@ -87,13 +88,22 @@ class BaseModel(nn.Module):
 
     def save_model(self, model_path: str | None = None) -> None:
         model_path = model_path or self.model_path
-        check_dir(model_path)
-        torch.save(self.state_dict(), model_path)
+        torch_file.save(model_path, self.state_dict())
         logging.info('Save model to ' + model_path)
 
     def load_model(self, model_path: str | None = None) -> None:
+        """Errors name the checkpoint and the likely cause instead of torch's pages of missing keys."""
         model_path = model_path or self.model_path
-        self.load_state_dict(torch.load(model_path, map_location=self.device, weights_only=True))
+        if not os.path.exists(model_path):
+            raise FileNotFoundError(f'{model_path}: no checkpoint there; train one first (--train 1) or give '
+                                    f'--model_path')
+        state = torch_file.load(model_path, 'checkpoint')
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as exc:
+            detail = '; '.join(line.strip() for line in str(exc).splitlines()[1:4])
+            raise ValueError(f'{model_path}: does not fit {type(self).__name__} built from these arguments (saved '
+                             f'by another model, dataset or --emb_size?): {detail}') from exc
         logging.info('Load model from ' + model_path)
 
     def count_variables(self) -> int:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.atomic_write import atomic_write
+from utils import torch_file
 
 KEYS = ('epoch', 'model', 'optimizer', 'schedulers', 'main_metric', 'dev_results', 'stop_reason', 'rng')
 
@@ -67,20 +67,12 @@ def set_rng_state(state: dict, objects: dict[str, object]) -> list[str]:
 
 def save(path: str, state: dict) -> None:
     """Write atomically: a run killed while saving keeps the previous epoch's state."""
-    atomic_write(path, lambda f: torch.save(state, f))
-
-
-def read(path: str, what: str, hint: str = '') -> object:
-    """torch.load on the CPU, tensors only; a truncated or foreign file is one ValueError naming it and ``what``."""
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as exc:  # torch raises several types (and pages of text) for truncated or foreign files
-        raise ValueError(f'{path}: not a readable {what} ({type(exc).__name__}){hint}') from exc
+    torch_file.save(path, state)
 
 
 def load(path: str) -> dict:
     """Read a state file; an unreadable or incomplete one is an error that says how to start over."""
-    state = read(path, 'training state', '; delete it to train from scratch')
+    state = torch_file.load(path, 'training state', '; delete it to train from scratch')
     missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
     if missing:
         raise ValueError(f'{path}: training state without {missing}; delete it to train from scratch')
