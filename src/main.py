@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 from utils import distributed as dist_utils  # noqa: E402
-from utils import registry  # noqa: E402
+from utils import registry, torch_file  # noqa: E402
 from utils.corpus_cache import load_corpus  # noqa: E402
 from utils.io import DataFormatError  # noqa: E402
 from utils.metrics import format_metrics  # noqa: E402
@@ -199,8 +199,13 @@ def main(argv: list[str] | None = None) -> dict:
         dist_utils.teardown()
 
 
-if __name__ == '__main__':
+def cli(argv: list[str] | None = None) -> dict:
+    """main() for the command line: bad input is one line that names the file (exit 1), not a traceback."""
     try:
-        main()
-    except (FileNotFoundError, DataFormatError) as e:  # bad input: the message names the file; no traceback
+        return main(argv)
+    except (FileNotFoundError, DataFormatError, torch_file.BadFile) as e:
         sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+    cli()

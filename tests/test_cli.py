@@ -17,7 +17,8 @@ sys.path.insert(0, str(REPO / 'src'))
 
 import main  # noqa: E402
 from helpers.BaseRunner import BaseRunner  # noqa: E402
-from utils import registry  # noqa: E402
+from tiny_data import make_tiny_dataset  # noqa: E402
+from utils import corpus_cache, registry  # noqa: E402
 
 EXPECTED_MODELS = {'SASRec', 'RCF', 'KDA', 'RCF_LRD', 'KDA_LRD', 'Caser', 'GRU4Rec', 'TiSASRec'}
 
@@ -88,6 +89,18 @@ def test_missing_dataset_from_the_command_line_exits_with_one_line(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines[-1] == (f"error: dataset 'Office' not found in {tmp_path}; available: Hand "
                          "(build one with the scripts in data/, see data/README.md)")
+
+
+def test_unreadable_checkpoint_is_a_one_line_error(tmp_path, monkeypatch):
+    """--load 1 with a truncated checkpoint: main.cli exits with one line naming the file, no traceback."""
+    monkeypatch.setattr(corpus_cache, 'REPO_DIR', tmp_path)
+    make_tiny_dataset(tmp_path)
+    (tmp_path / 'cut.pt').write_bytes(b'PK\x03\x04 not a whole zip')
+    with pytest.raises(SystemExit) as stop:
+        main.cli(['--model_name', 'SASRec', '--dataset', 'Tiny', '--path', str(tmp_path), '--gpu', '',
+                  '--load', '1', '--train', '0', '--model_path', str(tmp_path / 'cut.pt'),
+                  '--log_file', str(tmp_path / 'run.txt')])
+    assert str(stop.value.code).startswith(f'error: {tmp_path / "cut.pt"}: not a readable checkpoint (')
 
 
 # --------------------------------------------------------------------------- argument parsing

@@ -102,8 +102,8 @@ class BaseModel(nn.Module):
             self.load_state_dict(state)
         except RuntimeError as exc:
             detail = '; '.join(line.strip() for line in str(exc).splitlines()[1:4])
-            raise ValueError(f'{model_path}: does not fit {type(self).__name__} built from these arguments (saved '
-                             f'by another model, dataset or --emb_size?): {detail}') from exc
+            raise torch_file.BadFile(f'{model_path}: does not fit {type(self).__name__} built from these arguments '
+                                     f'(saved by another model, dataset or --emb_size?): {detail}') from exc
         logging.info('Load model from ' + model_path)
 
     def count_variables(self) -> int:

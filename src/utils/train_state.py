@@ -75,5 +75,5 @@ def load(path: str) -> dict:
     state = torch_file.load(path, 'training state', '; delete it to train from scratch')
     missing = [k for k in KEYS if not isinstance(state, dict) or k not in state]
     if missing:
-        raise ValueError(f'{path}: training state without {missing}; delete it to train from scratch')
+        raise torch_file.BadFile(f'{path}: training state without {missing}; delete it to train from scratch')
     return state
