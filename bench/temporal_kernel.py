@@ -25,7 +25,7 @@ def kernel_summary(path: str, max_gap: float, points: int = 201) -> dict:
     """The clamped decay of the model saved at ``path`` over ``points`` gaps from 0 to ``max_gap``."""
     try:
         saved = torch_file.load(path, 'checkpoint or training state')
-    except ValueError as exc:
+    except torch_file.BadFile as exc:
         raise SystemExit(str(exc)) from exc
     state = saved['model'] if isinstance(saved, dict) and 'model' in saved else saved
     if 'freq_real.weight' not in state:
